@@ -1,0 +1,17 @@
+# The two commands of the README. Both set up a fresh machine first (idempotent).
+export MUJOCO_GL ?= egl
+export PYTHONHASHSEED = 0
+
+.PHONY: setup run test bench lint
+setup:
+	bash scripts/setup.sh
+
+run: setup
+	.venv/bin/dvc repro
+
+test: setup
+	.venv/bin/ruff check prelar pipelines tests bench
+	.venv/bin/python -m pytest -q tests
+
+bench: setup
+	for b in bench/bench_*.py; do .venv/bin/python $$b; done

@@ -1,0 +1,66 @@
+"""The `prelar` command. DVC stages call these subcommands; so can a user, on their own data.
+
+Every option defaults to `params.yaml` (section named in its help); `--profile` picks a profile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--params", default="params.yaml", help="parameter file (default: params.yaml)")
+    p.add_argument("--profile", default=None, help="profile of the parameter file (default: its `profile`)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prelar", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ingest = sub.add_parser("ingest", help="transcode a video source into 64x64 WebDataset shards")
+    isub = ingest.add_subparsers(dest="source", required=True)
+    mw = isub.add_parser("metaworld", help="render Meta-world scripted-policy episodes (data.metaworld)")
+    mw.add_argument("--tasks", nargs="+", default=None, help="Meta-world v3 task names (default: params)")
+    mw.add_argument("--episodes-per-task", type=int, default=None)
+    mw.add_argument("--max-steps", type=int, default=None)
+    mw.add_argument("--cameras", nargs="+", default=None)
+    mw.add_argument("--action-noise", type=float, default=None)
+    mw.add_argument("--seed", type=int, default=None)
+    rl = isub.add_parser("rlbench", help="RLBench renders: ROOT/<task>/variation<N>/episodes/... (data.rlbench)")
+    rl.add_argument("--src", default=None, help="folder holding the RLBench task folders")
+    rl.add_argument("--cameras", nargs="+", default=None)
+    rl.add_argument("--resize", choices=["squash", "center_crop"], default=None)
+    ss = isub.add_parser("ssv2", help="Something-Something-V2 .webm clips (data.ssv2)")
+    ss.add_argument("--src", default=None, help="folder holding the <id>.webm files")
+    ss.add_argument("--labels", default=None, help="labels JSON (train.json / validation.json); optional")
+    ss.add_argument("--frame-stride", type=int, default=None)
+    ss.add_argument("--max-clips", type=int, default=None)
+    ss.add_argument("--resize", choices=["squash", "center_crop"], default=None)
+    for p in (mw, rl, ss):
+        _common(p)
+        p.add_argument("--out", default=None, help="output shard folder (default: params)")
+        p.add_argument("--workers", type=int, default=None, help="decode processes (data.shards.workers)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    args = build_parser().parse_args(argv)
+    from prelar import config
+
+    try:
+        params = config.load(args.params, profile=args.profile)
+        if args.command == "ingest":
+            from prelar.data.ingest import ingest_from_cli
+
+            return ingest_from_cli(params, args)
+    except (config.ConfigError, FileNotFoundError) as err:
+        print(f"prelar: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

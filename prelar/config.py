@@ -1,0 +1,189 @@
+"""Typed configuration: the one place where every parameter of the pipeline is declared.
+
+`params.yaml` (the file DVC tracks) is parsed into `Params`. A `profile` key selects a named block of
+overrides from `profiles:` (e.g. `paper` for the papers' values, `tiny` for the test suite), applied on top
+of the base values, so that one switch moves the whole pipeline between scales. Unknown keys and
+wrong types fail with a message naming the key and the file.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+# The six downstream tasks of the PreLAR paper: pre-training must never see them.
+DOWNSTREAM_TASKS = (
+    "lever-pull-v3",
+    "drawer-open-v3",
+    "door-lock-v3",
+    "button-press-topdown-wall-v3",
+    "reach-v3",
+    "dial-turn-v3",
+)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MetaworldSource(_Section):
+    """Videos of Meta-world's scripted expert policies, rendered with MuJoCo (the offline default)."""
+
+    tasks: list[str] | Literal["all"] = "all"  # "all": every MT1 task except `exclude`
+    exclude: list[str] = list(DOWNSTREAM_TASKS)
+    episodes_per_task: int = 4
+    max_steps: int = 150  # frames per episode = max_steps + 1
+    cameras: list[str] = ["corner"]
+    action_noise: float = 0.1  # std of Gaussian noise added to the expert's action (then clipped to [-1, 1])
+    seed: int = 0
+    fast_render: bool = True  # shadows, reflections and MSAA off (several times faster on CPU)
+    out: str = "datasets/shards/metaworld"
+
+
+class RLBenchSource(_Section):
+    """RLBench dataset-generator layout: <src>/<task>/variation<N>/episodes/episode<M>/<camera>_rgb/<i>.png."""
+
+    src: str = "datasets/raw/rlbench"
+    cameras: list[str] = ["front", "left_shoulder", "right_shoulder", "overhead", "wrist"]
+    resize: Literal["squash", "center_crop"] = "squash"
+    out: str = "datasets/shards/rlbench"
+
+
+class SSv2Source(_Section):
+    """Something-Something-V2: a folder of <id>.webm plus an optional labels JSON."""
+
+    src: str = "datasets/raw/ssv2/videos"
+    labels: str | None = "datasets/raw/ssv2/labels/train.json"
+    frame_stride: int = 1  # keep every k-th decoded frame (SSv2 is ~12 fps)
+    max_clips: int | None = None
+    resize: Literal["squash", "center_crop"] = "squash"  # the papers squash 240p to 64x64
+    out: str = "datasets/shards/ssv2"
+
+
+class Shards(_Section):
+    """How clips are transcoded and sharded (shared by every source)."""
+
+    size: int = 64
+    clips_per_shard: int = 32
+    min_frames: int = 26  # pre-training uses segments of 25 frames plus one
+    workers: int = 2
+
+
+class Data(_Section):
+    metaworld: MetaworldSource = MetaworldSource()
+    rlbench: RLBenchSource = RLBenchSource()
+    ssv2: SSv2Source = SSv2Source()
+    shards: Shards = Shards()
+
+
+class Loader(_Section):
+    """Training segments streamed from shards."""
+
+    segment_length: int = 25
+    batch_size: int = 16
+    workers: int = 2
+    shuffle_buffer: int = 256
+    holdout_fraction: float = 0.1  # clips (by hash of id) kept out of training for evaluation
+
+
+class Model(_Section):
+    """World model sizes and the switches that select PreLAR, its ablations and APV's action-free model."""
+
+    cnn_width: int = 32  # channels of the first ResNet stage (ContextWM / paper: 48)
+    deter: int = 512  # GRU deterministic state (paper: 1024)
+    hidden: int = 512  # MLP width inside the RSSM (paper: 1024)
+    stoch: int = 32  # number of categorical variables
+    classes: int = 32  # classes per categorical variable
+    latent_action_dim: int = 64
+    kl_balance: float = 0.8
+    kl_free: float = 0.0  # free nats on the dynamics KL (DreamerV2 on Atari: 0)
+    beta: float = 1.0  # dynamics KL weight (Eq. 5)
+    beta_a: float = 1.0  # action KL weight (Eq. 5)
+    beta_r: float = 1.0  # action-state consistency weight (Eq. 9)
+    action_free: bool = False  # APV's action-free video prediction model (no latent action)
+    use_action_kl: bool = True  # PreLAR w/o CL & AL: False (the latent action is then deterministic)
+    use_consistency: bool = True  # PreLAR w/o CL: False
+    consistency_form: Literal["soft", "sign"] = "soft"  # "sign": the reference code's inert loss
+    consistency_temperature: float = 1.0
+
+
+class Pretrain(_Section):
+    """World-model pre-training on action-free video segments."""
+
+    steps: int = 3000
+    lr: float = 3e-4
+    eps: float = 1e-5
+    grad_clip: float = 100.0
+    precision: Literal["bf16", "fp32"] = "bf16"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    compile: bool = False
+    log_every: int = 50
+    checkpoint_every: int = 250
+    out: str = "runs/pretrain/prelar"
+
+
+class MLflowCfg(_Section):
+    tracking_uri: str = "sqlite:///mlflow.db"
+    experiment: str = "prelar"
+
+
+class Params(_Section):
+    profile: str = "cpu"
+    seed: int = 0
+    mlflow: MLflowCfg = MLflowCfg()
+    data: Data = Data()
+    loader: Loader = Loader()
+    model: Model = Model()
+    pretrain: Pretrain = Pretrain()
+
+
+class ConfigError(ValueError):
+    """A parameter file that cannot be used; the message names the key and the fix."""
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def resolve(raw: dict[str, Any], profile: str | None = None, source: str = "params") -> Params:
+    """Apply the selected profile's overrides to the base values and validate the result."""
+    raw = dict(raw or {})
+    profiles = raw.pop("profiles", {}) or {}
+    name = profile or raw.get("profile", "cpu")
+    if name not in ("cpu", *profiles):
+        raise ConfigError(
+            f"{source}: profile '{name}' is not defined; choose one of {['cpu', *sorted(profiles)]} "
+            f"or add it under 'profiles:'"
+        )
+    merged = _merge(raw, profiles.get(name, {}))
+    merged["profile"] = name
+    try:
+        return Params.model_validate(merged)
+    except ValidationError as err:
+        lines = []
+        for e in err.errors():
+            loc = ".".join(str(p) for p in e["loc"])
+            lines.append(f"  {loc}: {e['msg']}")
+        raise ConfigError(f"{source}: invalid parameters (fix these keys):\n" + "\n".join(lines)) from None
+
+
+def load(path: str | Path = "params.yaml", profile: str | None = None) -> Params:
+    """Read `params.yaml` (or another file) into a validated `Params`."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: parameter file not found; run from the repository root or pass --params")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return resolve(raw, profile=profile, source=str(path))
