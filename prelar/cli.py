@@ -6,6 +6,7 @@ Every option defaults to `params.yaml` (section named in its help); `--profile` 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 
@@ -13,6 +14,17 @@ import sys
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--params", default="params.yaml", help="parameter file (default: params.yaml)")
     p.add_argument("--profile", default=None, help="profile of the parameter file (default: its `profile`)")
+
+
+# Subcommands implemented in their own modules: each module defines
+#   add_arguments(parser: argparse.ArgumentParser) -> None  and  run(params: config.Params, args) -> int
+# (imported lazily, so that `prelar ingest` does not pay for torch).
+COMMANDS = {
+    "pretrain": ("prelar.pretrain", "pre-train the world model on video shards (model, loader, pretrain)"),
+    "finetune": ("prelar.agent.finetune", "fine-tune + behaviour learning on a Meta-world task (finetune)"),
+    "evaluate": ("prelar.evaluate.stages", "evaluation stages: probe, controllability, transfer (evaluate)"),
+    "report": ("prelar.evaluate.report", "aggregate MLflow runs into the HTML report (report)"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     mw.add_argument("--cameras", nargs="+", default=None)
     mw.add_argument("--action-noise", type=float, default=None)
     mw.add_argument("--seed", type=int, default=None)
-    rl = isub.add_parser("rlbench", help="RLBench renders: ROOT/<task>/variation<N>/episodes/... (data.rlbench)")
+    rl = isub.add_parser("rlbench", help="RLBench renders: ROOT/<task>/variation<N>/... (data.rlbench)")
     rl.add_argument("--src", default=None, help="folder holding the RLBench task folders")
     rl.add_argument("--cameras", nargs="+", default=None)
     rl.add_argument("--resize", choices=["squash", "center_crop"], default=None)
@@ -42,7 +54,22 @@ def build_parser() -> argparse.ArgumentParser:
         _common(p)
         p.add_argument("--out", default=None, help="output shard folder (default: params)")
         p.add_argument("--workers", type=int, default=None, help="decode processes (data.shards.workers)")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text)
+        _common(p)
+        p.set_defaults(_module=module)
+        _add_module_arguments(p, module)
     return parser
+
+
+def _add_module_arguments(parser: argparse.ArgumentParser, module: str) -> None:
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if err.name != module:
+            raise
+        return
+    mod.add_arguments(parser)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             from prelar.data.ingest import ingest_from_cli
 
             return ingest_from_cli(params, args)
+        return importlib.import_module(args._module).run(params, args)
     except (config.ConfigError, FileNotFoundError) as err:
         print(f"prelar: error: {err}", file=sys.stderr)
         return 2

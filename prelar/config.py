@@ -45,7 +45,7 @@ class MetaworldSource(_Section):
 
 
 class RLBenchSource(_Section):
-    """RLBench dataset-generator layout: <src>/<task>/variation<N>/episodes/episode<M>/<camera>_rgb/<i>.png."""
+    """RLBench generator layout: <src>/<task>/variation<N>/episodes/episode<M>/<camera>_rgb/<i>.png."""
 
     src: str = "datasets/raw/rlbench"
     cameras: list[str] = ["front", "left_shoulder", "right_shoulder", "overhead", "wrist"]
