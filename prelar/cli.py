@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         _common(p)
         p.add_argument("--out", default=None, help="output shard folder (default: params)")
         p.add_argument("--workers", type=int, default=None, help="decode processes (data.shards.workers)")
+        p.add_argument("--metrics", default=None, help="also write the summary metrics JSON here (for DVC)")
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text)
         _common(p)

@@ -126,6 +126,32 @@ class Pretrain(_Section):
     out: str = "runs/pretrain/prelar"
 
 
+class Finetune(_Section):
+    """Fine-tuning and behaviour learning on Meta-world (one `method` switch for every baseline)."""
+
+    method: Literal["dreamerv2", "apv", "prelar", "prelar_no_cl", "prelar_no_cl_al", "naive_ft"] = "prelar"
+    task: str = "drawer-open-v3"
+    seed: int = 0
+    env_steps: int = 3000
+    eval_every: int = 1000
+    eval_episodes: int = 2
+    out: str = "runs/finetune"
+
+
+class Evaluate(_Section):
+    """Evaluation stages: latent-action probe, controllability, offline transfer."""
+
+    seeds: list[int] = [0]
+    out: str = "runs/evaluate"
+
+
+class Report(_Section):
+    """The HTML report."""
+
+    out: str = "reports"
+    published_results: str | None = None  # CSV: method, task, seed, env_step, success
+
+
 class MLflowCfg(_Section):
     tracking_uri: str = "sqlite:///mlflow.db"
     experiment: str = "prelar"
@@ -139,6 +165,9 @@ class Params(_Section):
     loader: Loader = Loader()
     model: Model = Model()
     pretrain: Pretrain = Pretrain()
+    finetune: Finetune = Finetune()
+    evaluate: Evaluate = Evaluate()
+    report: Report = Report()
 
 
 class ConfigError(ValueError):
