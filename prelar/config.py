@@ -59,7 +59,8 @@ class SSv2Source(_Section):
     src: str = "datasets/raw/ssv2/videos"
     labels: str | None = "datasets/raw/ssv2/labels/train.json"
     frame_stride: int = 1  # keep every k-th decoded frame (SSv2 is ~12 fps)
-    max_clips: int | None = None
+    max_clips: int | None = None  # the first clips in id order (after the labels join)
+    decoder: Literal["auto", "decord", "pyav"] = "auto"  # auto: decord, PyAV when decord fails
     resize: Literal["squash", "center_crop"] = "squash"  # the papers squash 240p to 64x64
     out: str = "datasets/shards/ssv2"
 
@@ -70,7 +71,9 @@ class Shards(_Section):
     size: int = 64
     clips_per_shard: int = 32
     min_frames: int = 26  # pre-training uses segments of 25 frames plus one
-    workers: int = 2
+    workers: int = 2  # decode processes (0: decode in the main process)
+    sheet_rows: int = 8  # clips shown in contact_sheet.png
+    sheet_columns: int = 8  # frames per clip shown in contact_sheet.png
 
 
 class Data(_Section):
@@ -94,11 +97,13 @@ class Model(_Section):
     """World model sizes and the switches that select PreLAR, its ablations and APV's action-free model."""
 
     cnn_width: int = 32  # channels of the first ResNet stage (ContextWM / paper: 48)
+    resnet_norm: Literal["batch", "none"] = "batch"  # norm in the ResNets' residual layers (ContextWM: batch)
     deter: int = 512  # GRU deterministic state (paper: 1024)
     hidden: int = 512  # MLP width inside the RSSM (paper: 1024)
     stoch: int = 32  # number of categorical variables
     classes: int = 32  # classes per categorical variable
     latent_action_dim: int = 64
+    latent_action_min_std: float = 0.1  # std of q(ã|o_t,o_{t+1}) = softplus(raw) + min_std
     kl_balance: float = 0.8
     kl_free: float = 0.0  # free nats on the dynamics KL (DreamerV2 on Atari: 0)
     beta: float = 1.0  # dynamics KL weight (Eq. 5)
@@ -122,8 +127,39 @@ class Pretrain(_Section):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     compile: bool = False
     log_every: int = 50
-    checkpoint_every: int = 250
+    checkpoint_every: int = 250  # also where the data stream reseeds (exact resume)
+    eval_clips: int = 16  # held-out clips for open-loop prediction at the end (0: skip)
+    probe_clips: int = 64  # clips with true actions for the latent-action probe at the end (0: skip)
     out: str = "runs/pretrain/prelar"
+
+
+class Bonus(_Section):
+    """Video-based intrinsic bonus (PreLAR Eq. 12, APV Eq. 5); APV's code values."""
+
+    beta: float = 1.0  # weight of r_int in the auxiliary reward r + beta * r_int (Eq. 11)
+    window: int = 5  # steps averaged into one representation
+    dim: int = 128  # random projection width
+    k: int = 16  # k-th nearest neighbour
+    queue_size: int = 4096
+    momentum: float = 0.99  # running mean of the bonus magnitude (normalisation)
+
+
+class Behavior(_Section):
+    """DreamerV2 actor-critic in imagination (PreLAR supplementary Sec. 1; APV's code for the rest)."""
+
+    horizon: int = 15
+    gamma: float = 0.99
+    lam: float = 0.95
+    entropy: float = 1e-4  # eta in Eq. 4
+    actor_lr: float = 8e-5
+    critic_lr: float = 8e-5
+    eps: float = 1e-5
+    grad_clip: float = 100.0
+    layers: int = 2  # hidden layers of actor, critic and reward heads (paper: 4)
+    units: int = 128  # (paper: 400)
+    min_std: float = 0.1  # of the actor's truncated normal
+    target_update_every: int = 100  # slow critic copied every N updates
+    target_fraction: float = 1.0
 
 
 class Finetune(_Section):
@@ -132,9 +168,34 @@ class Finetune(_Section):
     method: Literal["dreamerv2", "apv", "prelar", "prelar_no_cl", "prelar_no_cl_al", "naive_ft"] = "prelar"
     task: str = "drawer-open-v3"
     seed: int = 0
+    pretrained: str | None = None  # checkpoint of `prelar pretrain` (every method but dreamerv2 needs one)
     env_steps: int = 3000
+    max_episode_steps: int = 100  # Meta-world's limit: 500 (an episode has max_episode_steps + 1 frames)
+    camera: str = "corner"
+    fast_render: bool = True
     eval_every: int = 1000
     eval_episodes: int = 2
+    replay_capacity: int = 100_000  # steps (paper: 1e6, 12.3 GB of frames)
+    prefill: int = 500  # random-action steps before the first update (paper: 5000)
+    pretrain_updates: int = 100  # updates right after the prefill (DreamerV2/APV `pretrain`)
+    train_every: int = 5  # env steps per update
+    batch_size: int = 8  # segments per update (paper: 50)
+    segment_length: int = 50
+    model_lr: float = 3e-4
+    model_eps: float = 1e-5
+    model_grad_clip: float = 100.0
+    freeze_updates: int = 100  # encoder + RSSM at lr 0 for the first N updates
+    action_encoder_layers: int = 2
+    action_encoder_units: int = 256  # (paper: 1024)
+    reward_layers: int = 2  # reward heads (paper: 4)
+    reward_units: int = 128  # (paper: 400)
+    precision: Literal["bf16", "fp32"] = "fp32"
+    device: str = "auto"
+    checkpoint_every: int = 1000  # env steps; saved at the next episode end
+    log_every: int = 500  # env steps
+    video_fps: int = 20
+    bonus: Bonus = Bonus()
+    behavior: Behavior = Behavior()
     out: str = "runs/finetune"
 
 
@@ -150,6 +211,9 @@ class Report(_Section):
 
     out: str = "reports"
     published_results: str | None = None  # CSV: method, task, seed, env_step, success
+    bootstrap_reps: int = 2000  # stratified-bootstrap replicates per interval (rliable's default: 50000)
+    confidence: float = 0.95
+    gifs_per_method: int = 2  # GIF artifacts (sample predictions) embedded per method
 
 
 class MLflowCfg(_Section):

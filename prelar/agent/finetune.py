@@ -1,0 +1,509 @@
+"""`prelar finetune`: online world-model fine-tuning and behaviour learning on a Meta-world task.
+
+One loop for every method (`finetune.method`, see `prelar.agent.model`), as APV/DreamerV2 run it:
+`prefill` steps of uniformly random actions, then `pretrain_updates` updates at once, then one update
+every `train_every` env steps (world model on replayed segments, Eq. 11; actor and critic in
+imagination, supplementary Eq. 1–4), acting with the actor's samples; every `eval_every` env steps
+`eval_episodes` episodes with the actor's mode. Success of an episode = any step with info["success"].
+
+Outputs in the run folder: checkpoint.pt, replay/ (episodes, see `prelar.agent.replay`), curve.csv
+(env_step, success, return), metrics.json, videos/eval_<step>.gif; MLflow: one run per
+method/task/seed, tagged with them.
+
+Resume: re-running with the same folder continues from `checkpoint.pt` (networks, optimisers, step and
+update counters, evaluation curve, RNG states, bonus queue) and reloads the replay episodes it counted.
+Checkpoints are taken at episode ends only (every `checkpoint_every` env steps and at the end of the
+run), so a run killed mid-way restarts from the last episode end before its last checkpoint, and its
+episode seeds (derived from the episode index) make the continued run the one it would have been.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from prelar import checkpoint, config, device, tracking
+from prelar.agent.behavior import ActorCritic
+from prelar.agent.model import ACTION_DIM, METHODS, FinetuneModel, load_pretrained
+from prelar.agent.replay import Episode, Replay
+from prelar.world_model import WorldModel, evaluating
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.json"
+CURVE = "curve.csv"
+# Finetune parameters that may change between a run and its resumption (they do not alter what is learnt).
+RESUMABLE = {
+    "env_steps",
+    "out",
+    "log_every",
+    "checkpoint_every",
+    "device",
+    "eval_every",
+    "eval_episodes",
+    "video_fps",
+    "pretrained",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--method", choices=sorted(METHODS), default=None, help="finetune.method")
+    parser.add_argument(
+        "--task", default=None, help="Meta-world v3 task, e.g. drawer-open-v3 (finetune.task)"
+    )
+    parser.add_argument("--seed", type=int, default=None, help="finetune.seed")
+    parser.add_argument(
+        "--pretrained", default=None, help="checkpoint of `prelar pretrain` (finetune.pretrained)"
+    )
+    parser.add_argument("--env-steps", type=int, default=None, help="env steps in total (finetune.env_steps)")
+    parser.add_argument(
+        "--out", default=None, help="run folder (default: finetune.out/<method>/<task>/seed<N>)"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a parameter, e.g. --set finetune.batch_size=16 (repeatable; VALUE is YAML)",
+    )
+
+
+def run(params: config.Params, args: argparse.Namespace) -> int:
+    from prelar.pretrain import override
+
+    named = {
+        "method": args.method,
+        "task": args.task,
+        "seed": args.seed,
+        "pretrained": args.pretrained,
+        "env_steps": args.env_steps,
+    }
+    sets = [f"finetune.{k}={json.dumps(v)}" for k, v in named.items() if v is not None] + list(args.set)
+    params = override(params, sets)
+    finetune(params, args.out)
+    return 0
+
+
+def default_out(cfg: config.Finetune) -> Path:
+    return Path(cfg.out) / cfg.method / cfg.task / f"seed{cfg.seed}"
+
+
+def _seed(*parts: int) -> int:
+    """A 63-bit seed mixed from integers (run seed, stream, index)."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint64)[0] >> 1)
+
+
+def validate(params: config.Params) -> None:
+    """Reject parameters that cannot work, before anything is built; the message names the key and the fix."""
+    from prelar.envs.metaworld import validate_camera, validate_task
+
+    cfg = params.finetune
+    try:
+        validate_task(cfg.task, "finetune.task")
+        validate_camera(cfg.camera, "finetune.camera")
+    except ValueError as err:
+        raise config.ConfigError(str(err)) from None
+    if cfg.max_episode_steps + 1 < cfg.segment_length:
+        raise config.ConfigError(
+            f"finetune.segment_length: segments of {cfg.segment_length} steps do not fit in an episode of "
+            f"{cfg.max_episode_steps + 1} frames; lower it or raise finetune.max_episode_steps"
+        )
+    if cfg.segment_length < cfg.bonus.window and METHODS[cfg.method].bonus:
+        raise config.ConfigError(
+            f"finetune.bonus.window: {cfg.bonus.window} is longer than a segment "
+            f"({cfg.segment_length}); lower it"
+        )
+    for key in ("env_steps", "train_every", "batch_size", "eval_every", "checkpoint_every", "log_every"):
+        if getattr(cfg, key) < 1:
+            raise config.ConfigError(f"finetune.{key}: must be at least 1, got {getattr(cfg, key)}")
+
+
+class Agent(nn.Module):
+    """The fine-tuned model and the actor-critic, with the world model's optimiser."""
+
+    def __init__(self, params: config.Params, pretrained: nn.Module | None, dev: torch.device):
+        super().__init__()
+        cfg = params.finetune
+        self.cfg = cfg
+        self.model = FinetuneModel(cfg.method, params, pretrained)
+        self.behavior = ActorCritic(self.model.feat_dim, ACTION_DIM, cfg.behavior)
+        self.to(dev)
+        self.device = dev
+        groups = [{"params": self.model.trained_params, "lr": cfg.model_lr}]
+        if self.model.frozen_params:
+            groups.append({"params": self.model.frozen_params, "lr": cfg.model_lr})
+        self.model_opt = torch.optim.Adam(groups, lr=cfg.model_lr, eps=cfg.model_eps)
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return device.autocast(self.device, self.cfg.precision)
+
+    @torch.no_grad()
+    def act(self, frame: np.ndarray, prev_action: np.ndarray, is_first: bool, state, explore: bool):
+        """frame uint8 [64, 64, 3], a_{t-1} [A] → (action [A], new latent state)."""
+        dev = self.device
+        frame_t = torch.from_numpy(frame).permute(2, 0, 1)[None].to(dev)  # [1, 3, 64, 64]
+        action_t = torch.from_numpy(prev_action)[None].to(dev)  # [1, A]
+        with evaluating(self), self.autocast():
+            state = self.model.observe_step(frame_t, action_t, torch.tensor([is_first], device=dev), state)
+            policy = self.behavior.actor(self.model.features(state))
+            action = policy.rsample() if explore else policy.mode()
+        return action[0].float().cpu().numpy(), state
+
+    def update(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
+        """One world-model step (Eq. 11) and one actor-critic step from its posterior states."""
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        data = {k: torch.from_numpy(v).to(self.device) for k, v in batch.items()}
+        if self.model.frozen_params:  # encoder and RSSM at lr 0 for the first `freeze_updates` updates
+            self.model_opt.param_groups[1]["lr"] = (
+                0.0 if int(self.updates) < cfg.freeze_updates else cfg.model_lr
+            )
+        self.model.train()
+        with self.autocast():
+            loss, metrics, start = self.model.loss(data)
+        self.model_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for g in self.model_opt.param_groups for p in g["params"]]
+        metrics["grad_norm"] = float(nn.utils.clip_grad_norm_(params, cfg.model_grad_clip))
+        self.model_opt.step()
+        device.synchronize(self.device)
+        metrics = {f"model/{k}": v for k, v in metrics.items()}
+        metrics["time/world_model_s"] = time.perf_counter() - t0
+        start = {k: v.flatten(0, 1) for k, v in start.items()}  # [B·T, ..]: every posterior state starts
+        ac = self.behavior.update(
+            start,
+            self.model.imagine_step,
+            self.model.features,
+            self.model.task_reward,
+            self.model,
+            self.autocast,
+        )
+        metrics.update({k if k.startswith("time/") else f"behavior/{k}": v for k, v in ac.items()})
+        metrics["time/update_s"] = time.perf_counter() - t0
+        self.updates.add_(1)
+        return metrics
+
+
+class Collector:
+    """One Meta-world env stepped one action at a time, building the current episode for the replay."""
+
+    def __init__(self, cfg: config.Finetune, seed_stream: int):
+        from prelar.envs.metaworld import make_env
+
+        self.cfg = cfg
+        self.stream = seed_stream
+        self.env = make_env(
+            cfg.task,
+            seed=_seed(cfg.seed, seed_stream),
+            camera=cfg.camera,
+            max_steps=cfg.max_episode_steps,
+            fast_render=cfg.fast_render,
+        )
+
+    def reset(self, index: int) -> None:
+        """Start episode `index` (its object and goal positions depend only on seed and index)."""
+        frame, _ = self.env.reset(seed=_seed(self.cfg.seed, self.stream, index))
+        self.frames = [frame]
+        self.actions = [np.zeros(ACTION_DIM, np.float32)]
+        self.rewards = [0.0]
+        self.success = [False]
+        self.state = None
+
+    @property
+    def frame(self) -> np.ndarray:
+        return self.frames[-1]
+
+    def step(self, action: np.ndarray) -> bool:
+        """Apply `action`; True when the episode has ended."""
+        frame, reward, terminated, truncated, info = self.env.step(action)
+        self.frames.append(frame)
+        self.actions.append(np.asarray(action, np.float32))
+        self.rewards.append(reward)
+        self.success.append(bool(info["success"]))
+        return terminated or truncated or len(self.frames) > self.cfg.max_episode_steps
+
+    def episode(self) -> Episode:
+        return Episode(
+            frames=np.stack(self.frames).transpose(0, 3, 1, 2).copy(),  # [T, 3, 64, 64]
+            actions=np.stack(self.actions),
+            rewards=np.asarray(self.rewards, np.float32),
+            success=np.asarray(self.success),
+        )
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def run_episode(agent: Agent, collector: Collector, index: int, explore: bool) -> Episode:
+    """A whole episode with the agent's policy (evaluation: `explore=False`, the actor's mode)."""
+    collector.reset(index)
+    done = False
+    while not done:
+        done = collector.step(agent_action(agent, collector, explore))
+    return collector.episode()
+
+
+def agent_action(agent: Agent, collector: Collector, explore: bool) -> np.ndarray:
+    """The agent's next action in the collector's current episode (updating the episode's latent state)."""
+    first = len(collector.frames) == 1
+    action, collector.state = agent.act(
+        collector.frame, collector.actions[-1], first, collector.state, explore
+    )
+    return action
+
+
+def _write_gif(path: Path, frames: np.ndarray, fps: int) -> None:
+    import imageio.v2 as imageio
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    imageio.mimsave(path, list(frames.transpose(0, 2, 3, 1)), duration=1000 / fps, loop=0)
+
+
+class _Means:
+    """Running sums of logged scalars, read out as means."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, values: dict[str, float]) -> None:
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+            self.counts[k] = self.counts.get(k, 0) + 1
+
+    def pop(self) -> dict[str, float]:
+        out = {k: self.sums[k] / self.counts[k] for k in self.sums}
+        self.sums, self.counts = {}, {}
+        return out
+
+
+def finetune(
+    params: config.Params,
+    out: str | Path | None = None,
+    on_checkpoint: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Fine-tune `params.finetune.method` on `params.finetune.task` up to `env_steps`, resuming from `out`.
+
+    `on_checkpoint(env_step)` is called after each checkpoint is written. Returns the final metrics.
+    """
+    cfg = params.finetune
+    validate(params)
+    out = Path(out) if out is not None else default_out(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = device.resolve_device(cfg.device)
+    path = out / CHECKPOINT
+    ckpt = checkpoint.load(path, map_location=dev) if path.exists() else None
+    if ckpt is not None:
+        _check_resumable(path, ckpt, cfg)
+    torch.manual_seed(_seed(cfg.seed, 0))
+    if ckpt is None:
+        pretrained, pre_ckpt = load_pretrained(cfg.method, cfg.pretrained, params.model)
+        extra: dict[str, Any] = {
+            "curve": [],
+            "prefilled": False,
+            "mlflow_run_id": None,
+            "pretrained": cfg.pretrained,
+            "pretrained_step": pre_ckpt.get("step"),
+            "pretrained_config": pre_ckpt.get("model_config"),
+        }
+    else:  # the architecture from the saved config; every weight from the checkpoint below
+        extra = {
+            k: ckpt["extra"][k]
+            for k in (
+                "curve",
+                "prefilled",
+                "mlflow_run_id",
+                "pretrained",
+                "pretrained_step",
+                "pretrained_config",
+            )
+        }
+        saved = extra["pretrained_config"]
+        pretrained = None if saved is None else WorldModel(config.Model(**saved))
+    agent = Agent(params, pretrained, dev)
+    replay = Replay(cfg.replay_capacity, cfg.segment_length, out / "replay")
+    rng = np.random.default_rng(_seed(cfg.seed, 1))
+    step = 0
+    if ckpt is not None:
+        agent.load_state_dict(ckpt["model"])
+        agent.model_opt.load_state_dict(ckpt["optimizer"])
+        agent.behavior.load_optimizers_state(ckpt["extra"]["behavior_opt"])
+        checkpoint.set_rng_state(ckpt["rng"][0])
+        rng.bit_generator.state = ckpt["extra"]["numpy_rng"]
+        replay.restore(ckpt["extra"]["episodes"])
+        step = ckpt["step"]
+    else:
+        replay.restore(0)  # clears episodes a killed run wrote before its first checkpoint
+
+    mlflow_run = tracking.start_run(
+        params,
+        params.mlflow.tracking_uri,
+        params.mlflow.experiment,
+        run_name=f"{cfg.method}-{cfg.task}-seed{cfg.seed}",
+        tags={
+            "stage": "finetune",
+            "method": cfg.method,
+            "task": cfg.task,
+            "seed": str(cfg.seed),
+            "out": str(out),
+            "pretrained": str(extra["pretrained"]),
+        },
+        resume_run_id=extra["mlflow_run_id"],
+    )
+    extra["mlflow_run_id"] = mlflow_run.run_id
+
+    def save() -> None:
+        checkpoint.save(
+            path,
+            model=agent,
+            optimizer=agent.model_opt,
+            step=step,
+            model_config={"method": cfg.method, **agent.model.world.cfg.model_dump()},
+            rng=[checkpoint.rng_state()],
+            extra={
+                **extra,
+                "episodes": replay.added,
+                "numpy_rng": rng.bit_generator.state,
+                "behavior_opt": agent.behavior.optimizers_state(),
+                "finetune": cfg.model_dump(),
+            },
+        )
+        _write_curve(out / CURVE, extra["curve"])
+        if on_checkpoint is not None:
+            on_checkpoint(step)
+
+    collector = Collector(cfg, seed_stream=2)
+    evaluator = Collector(cfg, seed_stream=3)
+    collector.reset(replay.added)
+    means, perf = _Means(), _Means()
+    episode_return, last_saved, status = 0.0, step, "FAILED"
+    bar = tqdm(
+        total=cfg.env_steps, initial=step, desc=f"finetune {cfg.method} {cfg.task}", dynamic_ncols=True
+    )
+    try:
+        while step < cfg.env_steps:
+            t0 = time.perf_counter()
+            if step < cfg.prefill:
+                action = rng.uniform(-1, 1, ACTION_DIM).astype(np.float32)
+            else:
+                action = agent_action(agent, collector, explore=True)
+            done = collector.step(action)
+            step += 1
+            bar.update(1)
+            perf.add({"time/env_step_s": time.perf_counter() - t0})
+            if done:
+                episode = collector.episode()
+                replay.add(episode)
+                episode_return = float(episode.rewards.sum())
+                mlflow_run.log_metrics(
+                    {
+                        "episode/return": episode_return,
+                        "episode/success": float(episode.success.any()),
+                        "episode/length": len(episode) - 1,
+                    },
+                    step=step,
+                )
+            if step >= cfg.prefill and replay.segments:
+                n = 0
+                if not extra["prefilled"]:
+                    n, extra["prefilled"] = cfg.pretrain_updates, True
+                n += step % cfg.train_every == 0
+                for _ in range(n):
+                    means.add(agent.update(replay.sample(cfg.batch_size, rng)))
+            if step % cfg.eval_every == 0:
+                extra["curve"].append(evaluate(agent, evaluator, step, out, mlflow_run))
+            if step % cfg.log_every == 0:
+                logged = {**means.pop(), **perf.pop()}
+                if "time/env_step_s" in logged:
+                    logged["perf/env_steps_per_s"] = 1.0 / logged["time/env_step_s"]
+                logged["replay/steps"] = replay.steps
+                mlflow_run.log_metrics(logged, step=step)
+                bar.set_postfix(ret=f"{episode_return:.0f}", updates=int(agent.updates))
+            if done:
+                if step - last_saved >= cfg.checkpoint_every:
+                    save()
+                    last_saved = step
+                collector.reset(replay.added)
+        if len(collector.frames) > 1:  # a run that ends mid-episode keeps the steps it took
+            if len(collector.frames) >= cfg.segment_length:
+                replay.add(collector.episode())
+            else:
+                print(
+                    f"finetune: the last {len(collector.frames) - 1} steps (an episode shorter than a "
+                    f"segment) are not stored; make finetune.env_steps a multiple of "
+                    f"finetune.max_episode_steps to keep them"
+                )
+        if step != last_saved or not path.exists():
+            save()
+        status = "FINISHED"
+    finally:
+        bar.close()
+        collector.close()
+        evaluator.close()
+        if status == "FAILED":
+            mlflow_run.end("FAILED")
+
+    curve = extra["curve"]
+    result = {
+        "method": cfg.method,
+        "task": cfg.task,
+        "seed": cfg.seed,
+        "env_steps": step,
+        "updates": int(agent.updates),
+        "episodes": replay.added,
+        "final_success": curve[-1]["success"] if curve else None,
+        "final_return": curve[-1]["return"] if curve else None,
+        "replay/bytes_per_step": replay.nbytes / max(replay.steps, 1),
+    }
+    (out / METRICS).write_text(json.dumps(result, indent=2) + "\n")
+    mlflow_run.log_artifacts([out / METRICS, out / CURVE])
+    mlflow_run.end(status)
+    return result
+
+
+def evaluate(agent: Agent, evaluator: Collector, step: int, out: Path, mlflow_run) -> dict[str, float]:
+    """`eval_episodes` episodes with the actor's mode (the first saved as a GIF) → a curve row."""
+    cfg = agent.cfg
+    returns, successes = [], []
+    for i in range(cfg.eval_episodes):
+        episode = run_episode(agent, evaluator, index=step * 1000 + i, explore=False)
+        returns.append(float(episode.rewards.sum()))
+        successes.append(float(episode.success.any()))
+        if i == 0:
+            video = out / "videos" / f"eval_{step:08d}.gif"
+            _write_gif(video, episode.frames, cfg.video_fps)
+            mlflow_run.log_artifacts([video], "videos")
+    row = {"env_step": step, "success": float(np.mean(successes)), "return": float(np.mean(returns))}
+    mlflow_run.log_metrics({"eval/success_rate": row["success"], "eval/return": row["return"]}, step=step)
+    return row
+
+
+def _write_curve(path: Path, rows: list[dict[str, float]]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["env_step", "success", "return"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _check_resumable(path: Path, ckpt: dict[str, Any], cfg: config.Finetune) -> None:
+    """A run folder continues only the run it holds: the learning parameters must be the same."""
+    saved = ckpt["extra"].get("finetune", {})
+    now = cfg.model_dump()
+    diff = sorted(k for k in now if k not in RESUMABLE and saved.get(k) != now[k])
+    if diff:
+        raise config.ConfigError(
+            f"{path}: this run folder holds a run with other parameters ("
+            + ", ".join(f"finetune.{k}: {saved.get(k)!r} → {now[k]!r}" for k in diff)
+            + "); use another --out, or delete the folder to start afresh"
+        )

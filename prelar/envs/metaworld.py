@@ -1,0 +1,223 @@
+"""Meta-world v3 tasks as gymnasium environments that observe 64x64 RGB frames from a fixed camera.
+
+`make_env(task, seed)` builds the task's Sawyer environment the way Meta-world's `MT1` does (goal in the
+low-dimensional state, episode length `max_steps`, 4-d actions in [-1, 1], `info["success"]` at each step)
+with two differences that matter for learning from pixels:
+
+- New object and goal positions at every reset, drawn from the environment's own seeded generator, so
+  `reset(seed=s)` reproduces them. `gym.make("Meta-World/MT1")` instead picks one of 50 positions fixed when
+  the benchmark is built, and its `reset(seed=...)` does not reseed them.
+- Frames come upright: Meta-world's `corner` cameras are mounted rolled by 180 degrees (their image "up"
+  axis points at the floor), so their images are rotated back by 180 degrees (a rotation, not a mirror:
+  left and right stay as a real camera at that pose would see them).
+
+Rendering quality is set in one place, `open_viewer`; its fast mode (no shadows, reflections or
+multisampling) is what both pre-training data (`prelar.data.metaworld`) and fine-tuning use.
+"""
+
+from __future__ import annotations
+
+import atexit
+import difflib
+import os
+import weakref
+from typing import Any
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+from gymnasium.envs.mujoco.mujoco_rendering import MujocoRenderer, OffScreenViewer
+from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+from metaworld.policies import ENV_POLICY_MAP
+from metaworld.policies.policy import Policy
+
+# Cameras of Meta-world's Sawyer scene (metaworld/assets/objects/assets/xyz_base.xml), shared by every task.
+CAMERAS = ("topview", "corner", "corner2", "corner3", "corner4", "behindGripper", "gripperPOV")
+
+_OPEN_ENVS: weakref.WeakSet[MetaworldEnv] = weakref.WeakSet()
+_gl_pid: int | None = None  # the process that created the first GL context (and registered the exit hook)
+
+
+def scripted_tasks() -> list[str]:
+    """Every Meta-world v3 task that has a scripted expert policy (all 50 in metaworld 3.1.1), sorted."""
+    return sorted(set(ALL_V3_ENVIRONMENTS) & set(ENV_POLICY_MAP))
+
+
+def validate_task(task: str, param: str = "task") -> str:
+    """Return `task` if it is a scripted Meta-world v3 task, else raise naming `param` and close matches."""
+    tasks = scripted_tasks()
+    if task not in tasks:
+        close = difflib.get_close_matches(task, tasks, n=4, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise ValueError(
+            f"{param}: '{task}' is not a Meta-world v3 task with a scripted policy; {hint}"
+            f"the {len(tasks)} tasks are listed by prelar.envs.scripted_tasks() (e.g. {tasks[0]}, {tasks[1]})"
+        )
+    return task
+
+
+def validate_camera(camera: str, param: str = "camera") -> str:
+    """Return `camera` if Meta-world's scene has it, else raise naming `param` and the cameras."""
+    if camera not in CAMERAS:
+        raise ValueError(f"{param}: '{camera}' is not a Meta-world camera; choose one of {list(CAMERAS)}")
+    return camera
+
+
+def expert_policy(task: str) -> Policy:
+    """The scripted expert for `task`; `policy.get_action(state)` maps the 39-d state to an action."""
+    return ENV_POLICY_MAP[validate_task(task)]()
+
+
+def open_viewer(renderer: MujocoRenderer, fast: bool) -> OffScreenViewer:
+    """Create `renderer`'s offscreen viewer at the chosen quality: the one place rendering quality is set.
+
+    fast=True turns off what dominates the cost of a 64x64 frame on a CPU (software EGL): the 4096x4096
+    shadow map (model.vis.quality.shadowsize, mjRND_SHADOW), 4x multisampling (model.vis.quality.offsamples)
+    and planar reflections (mjRND_REFLECTION). The skybox stays, it is the background. The model's quality
+    fields are read when the viewer's MjrContext is created, so they are set first; the scene flags after.
+    fast=False keeps MuJoCo's (and Meta-world's) defaults.
+    """
+    if fast:
+        renderer.model.vis.quality.shadowsize = 0
+        renderer.model.vis.quality.offsamples = 0
+    viewer = renderer._get_viewer("rgb_array")
+    if fast:
+        viewer.scn.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
+        viewer.scn.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+    return viewer
+
+
+def _close_open_envs() -> None:
+    """At interpreter exit, free the GL contexts still open (before mujoco.egl terminates the display)."""
+    if os.getpid() == _gl_pid:  # a forked child must not touch its parent's contexts
+        for env in list(_OPEN_ENVS):
+            env.close()
+
+
+def _check_not_forked() -> None:
+    """Refuse to render in a process forked after its parent rendered: OpenGL (Mesa) would deadlock there."""
+    if _gl_pid is not None and _gl_pid != os.getpid():
+        raise RuntimeError(
+            f"prelar.envs.metaworld: process {os.getpid()} was forked from process {_gl_pid} after it had "
+            f"rendered with OpenGL, which cannot render again after a fork (it would hang). Start worker "
+            f"processes with multiprocessing.get_context('spawn') or 'forkserver' instead of 'fork'."
+        )
+
+
+class MetaworldEnv(gym.Env):
+    """A Meta-world v3 task observed through one camera: uint8 [size, size, 3] frames, 4-d actions in [-1, 1].
+
+    `info` holds `success` (bool, from Meta-world's evaluation of the step) and `state` (the 39-d
+    low-dimensional state the scripted policies read: hand, gripper, objects, previous frame, goal).
+    Episodes end by truncation after `max_steps` steps (action repeat 1).
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 80}
+
+    def __init__(
+        self,
+        task: str,
+        seed: int = 0,
+        camera: str = "corner",
+        size: int = 64,
+        max_steps: int = 500,
+        fast_render: bool = True,
+    ):
+        self.task = validate_task(task)
+        self.camera = validate_camera(camera)
+        if max_steps < 1:
+            raise ValueError(f"max_steps: must be at least 1, got {max_steps}")
+        self.max_steps = max_steps
+        self.render_mode = "rgb_array"
+        self.observation_space = gym.spaces.Box(0, 255, (size, size, 3), np.uint8)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
+
+        # gymnasium picks the OpenGL backend when the viewer is created: headless EGL unless the user set one.
+        os.environ.setdefault("MUJOCO_GL", "egl")
+        os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+        _check_not_forked()
+        sawyer = ALL_V3_ENVIRONMENTS[task](
+            render_mode="rgb_array", camera_name=camera, width=size, height=size
+        )
+        # As in Meta-world's goal-observable envs and MT1: the goal is part of the state (experts read it).
+        sawyer._partially_observable = False
+        del sawyer.sawyer_observation_space  # a cached property: recomputed for the observable goal
+        sawyer._set_task_called = True
+        sawyer._freeze_rand_vec = False  # new object/goal positions at every reset ...
+        sawyer.seeded_rand_vec = True  # ... drawn from sawyer.np_random, which `seed` sets
+        sawyer.max_path_length = max_steps
+        sawyer.seed(seed)
+        self.sawyer = sawyer
+        self._viewer: OffScreenViewer | None = open_viewer(sawyer.mujoco_renderer, fast_render)
+        _register_open(self)
+        self._upside_down = self._camera_upside_down()
+        self._frame = np.zeros(self.observation_space.shape, np.uint8)
+
+    def _camera_upside_down(self) -> bool:
+        """Whether the camera's image "up" axis points below the horizon (then frames are rotated by 180°)."""
+        mujoco.mj_forward(self.sawyer.model, self.sawyer.data)
+        camera_id = self.sawyer.mujoco_renderer.camera_id
+        up = self.sawyer.data.cam_xmat[camera_id].reshape(3, 3)[:, 1]  # camera y axis in world coordinates
+        return bool(up[2] < 0)
+
+    def _render(self) -> np.ndarray:
+        frame = self._viewer.render(render_mode="rgb_array", camera_id=self.sawyer.mujoco_renderer.camera_id)
+        if self._upside_down:
+            frame = frame[::-1, ::-1]  # [S, S, 3]
+        return np.ascontiguousarray(frame)
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Start an episode with new object/goal positions; `seed` reseeds them (and the action space)."""
+        super().reset(seed=seed)
+        if seed is not None:
+            self.sawyer.seed(seed)
+        # Start from MuJoCo's reset state, so that an episode never depends on the ones before it.
+        mujoco.mj_resetData(self.sawyer.model, self.sawyer.data)
+        state, _ = self.sawyer.reset()
+        self._frame = self._render()
+        return self._frame, {"state": state, "success": False}
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        action = np.clip(np.asarray(action, dtype=np.float32), -1.0, 1.0)  # [4]
+        state, reward, terminated, truncated, info = self.sawyer.step(action)
+        self._frame = self._render()
+        info = {**info, "success": bool(info["success"]), "state": state}
+        return self._frame, float(reward), bool(terminated), bool(truncated), info
+
+    def render(self) -> np.ndarray:
+        """The latest frame (uint8 [size, size, 3]), as returned by `reset`/`step`."""
+        return self._frame.copy()
+
+    def close(self) -> None:
+        """Free the GL context (idempotent); unlike gymnasium's close, later envs can still render."""
+        if self._viewer is None:
+            return
+        viewer, self._viewer = self._viewer, None
+        self.sawyer.mujoco_renderer._viewers.clear()
+        viewer.make_context_current()
+        viewer.con.free()
+        viewer.opengl_context.free()
+        _OPEN_ENVS.discard(self)
+
+
+def _register_open(env: MetaworldEnv) -> None:
+    # The exit hook is registered once the first GL context exists, so it runs before mujoco.egl's (LIFO).
+    global _gl_pid
+    _OPEN_ENVS.add(env)
+    if _gl_pid is None:
+        _gl_pid = os.getpid()
+        atexit.register(_close_open_envs)
+
+
+def make_env(
+    task: str,
+    seed: int,
+    camera: str = "corner",
+    size: int = 64,
+    max_steps: int = 500,
+    fast_render: bool = True,
+) -> MetaworldEnv:
+    """A Meta-world v3 task (e.g. "drawer-close-v3") seen as uint8 [size, size, 3] frames (see module doc)."""
+    return MetaworldEnv(task, seed, camera=camera, size=size, max_steps=max_steps, fast_render=fast_render)

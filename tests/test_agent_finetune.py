@@ -1,0 +1,264 @@
+"""The online fine-tuning loop: methods, pre-trained weights, bad parameters, checkpoint/resume, outputs.
+
+Tiny sizes (the `tiny` profile, episodes of 9 steps), real Meta-world rendering, real checkpoints.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from prelar import checkpoint, config
+from prelar.agent.finetune import finetune
+from prelar.agent.model import FinetuneModel, load_pretrained
+from prelar.agent.replay import Replay
+from prelar.envs.metaworld import make_env
+from prelar.world_model import WorldModel
+
+ROOT = Path(__file__).resolve().parents[1]
+EPISODE = 9  # env steps per episode in these tests
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    """One MLflow store for the module (creating a SQLite store takes seconds)."""
+    return tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+
+
+def _params(db: Path, **finetune) -> config.Params:
+    base = config.load(ROOT / "params.yaml", "tiny")
+    ft = {
+        "max_episode_steps": EPISODE,
+        "segment_length": 8,
+        "prefill": EPISODE,
+        "train_every": 3,
+        "eval_every": EPISODE,
+        "checkpoint_every": EPISODE,
+        "log_every": EPISODE,
+        "env_steps": 2 * EPISODE,
+        **finetune,
+    }
+    return base.model_copy(
+        update={
+            "finetune": base.finetune.model_copy(update=ft),
+            "mlflow": base.mlflow.model_copy(update={"tracking_uri": f"sqlite:///{db}"}),
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory) -> dict[str, Path]:
+    """Tiny PreLAR and action-free checkpoints, each trained for a step on real Meta-world frames."""
+    folder = tmp_path_factory.mktemp("pretrained")
+    env = make_env("drawer-close-v3", seed=0, max_steps=20)
+    frames = [env.reset(seed=0)[0]]
+    rng = np.random.default_rng(0)
+    for _ in range(7):
+        frames.append(env.step(rng.uniform(-1, 1, 4))[0])
+    env.close()
+    video = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).reshape(2, 4, 3, 64, 64)  # uint8
+    model_params = config.load(ROOT / "params.yaml", "tiny").model
+    paths = {}
+    for name, switches in [
+        ("prelar", {}),
+        ("action_free", {"action_free": True}),
+        ("prelar_no_cl", {"use_consistency": False}),
+    ]:
+        torch.manual_seed(1)
+        cfg = model_params.model_copy(update=switches)
+        model = WorldModel(cfg)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        loss, _, _ = model.loss(video)
+        loss.backward()
+        opt.step()
+        paths[name] = checkpoint.save(
+            folder / f"{name}.pt",
+            model=model,
+            optimizer=opt,
+            step=1,
+            model_config=cfg.model_dump(),
+            rng=[checkpoint.rng_state()],
+        )
+    return paths
+
+
+def test_pretrained_weights_are_the_ones_trained(pretrained, store):
+    params = _params(store)
+    saved = checkpoint.load(pretrained["prelar"])["model"]
+    fresh = WorldModel(params.model).state_dict()
+    assert not torch.equal(saved["rssm.img_in_action.weight"], fresh["rssm.img_in_action.weight"])
+    model, _ = load_pretrained("prelar", pretrained["prelar"], params.model)
+    finetuned = FinetuneModel("prelar", params, model)
+    ft = finetuned.state_dict()
+    kept = [k for k in saved if not k.startswith("inverse_dynamics.")]
+    assert len(kept) > 20
+    for key in kept:
+        torch.testing.assert_close(ft[f"world.{key}"], saved[key], rtol=0, atol=0)
+    assert not any(k.startswith("world.inverse_dynamics") for k in ft)  # dropped (Eq. 10)
+    layers = [m for m in finetuned.action_encoder.modules() if isinstance(m, torch.nn.Linear)]
+    assert layers[0].in_features == 4  # a fresh action encoder: real actions in, latent actions out
+    assert layers[-1].out_features == params.model.latent_action_dim
+
+    af_saved = checkpoint.load(pretrained["action_free"])["model"]
+    apv = FinetuneModel("apv", params, load_pretrained("apv", pretrained["action_free"], params.model)[0])
+    for key, value in af_saved.items():
+        torch.testing.assert_close(apv.state_dict()[f"world.action_free.{key}"], value, rtol=0, atol=0)
+        if key.startswith("decoder."):  # APV initialises the stacked model's decoder with the pre-trained one
+            torch.testing.assert_close(apv.state_dict()[f"world.{key}"], value, rtol=0, atol=0)
+    naive = FinetuneModel(
+        "naive_ft", params, load_pretrained("naive_ft", pretrained["action_free"], params.model)[0]
+    )
+    for key, value in af_saved.items():
+        torch.testing.assert_close(naive.state_dict()[f"world.{key}"], value, rtol=0, atol=0)
+    assert "world.rssm.img_in_action.weight" in naive.state_dict()  # the new, action-conditional input
+
+
+def test_bad_params_fail_at_start_naming_the_parameter(pretrained, store, tmp_path):
+    raw = config.load(ROOT / "params.yaml").model_dump()
+    raw["finetune"]["method"] = "dreamer"
+    with pytest.raises(config.ConfigError, match="finetune.method"):
+        config.resolve(raw, profile="cpu")
+    cases = [
+        ({"task": "drawer-opn-v3"}, "finetune.task.*drawer-open-v3"),
+        ({"method": "prelar"}, "finetune.pretrained.*--pretrained"),
+        (
+            {"method": "prelar", "pretrained": str(pretrained["action_free"])},
+            "finetune.pretrained.*action_free.*--method apv, naive_ft",
+        ),
+        (
+            {"method": "prelar", "pretrained": str(pretrained["prelar_no_cl"])},
+            "finetune.pretrained.*use_consistency.*--method prelar_no_cl",
+        ),
+        ({"method": "apv", "pretrained": str(tmp_path / "missing.pt")}, "no checkpoint here"),
+        ({"segment_length": 50}, "finetune.segment_length"),
+    ]
+    for update, message in cases:
+        with pytest.raises((config.ConfigError, FileNotFoundError), match=message):
+            finetune(_params(store, **update), tmp_path / "run")
+    params = _params(store, method="prelar", pretrained=str(pretrained["prelar"]))
+    params = params.model_copy(update={"model": params.model.model_copy(update={"latent_action_dim": 5})})
+    with pytest.raises(config.ConfigError, match="model.latent_action_dim: 8"):
+        finetune(params, tmp_path / "run")
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": 1}, foreign)
+    with pytest.raises(config.ConfigError, match="finetune.pretrained: .*not a prelar checkpoint"):
+        finetune(_params(store, method="apv", pretrained=str(foreign)), tmp_path / "run")
+
+
+def _replay_arrays(folder: Path) -> list[dict[str, np.ndarray]]:
+    out = []
+    for path in sorted((folder / "replay").glob("*.npz")):
+        with np.load(path) as data:
+            out.append({k: data[k] for k in data.files})
+    return out
+
+
+def test_stop_and_resume_continues_the_same_run(pretrained, store, tmp_path):
+    """2 episodes straight vs 1 episode, stop, then resume to 2: identical replay, weights and curve."""
+    kwargs = {"method": "prelar", "pretrained": str(pretrained["prelar"])}
+    whole = finetune(_params(store, env_steps=2 * EPISODE, **kwargs), tmp_path / "whole")
+    half = finetune(_params(store, env_steps=EPISODE, **kwargs), tmp_path / "resumed")
+    assert half["env_steps"] == EPISODE and half["episodes"] == 1
+    seen = []
+    resumed = finetune(
+        _params(store, env_steps=2 * EPISODE, **kwargs), tmp_path / "resumed", on_checkpoint=seen.append
+    )
+    assert seen == [2 * EPISODE]  # continued from 1 episode
+    assert resumed == whole
+    # env steps 9..18, prefill 9: 2 pretrain updates, then one every 3 steps
+    assert whole["updates"] == 2 + len(range(EPISODE, 2 * EPISODE + 1, 3))
+    a, b = _replay_arrays(tmp_path / "whole"), _replay_arrays(tmp_path / "resumed")
+    assert len(a) == len(b) == 2
+    for x, y in zip(a, b, strict=True):
+        for key in x:
+            np.testing.assert_array_equal(x[key], y[key])
+    sa = checkpoint.load(tmp_path / "whole" / "checkpoint.pt")
+    sb = checkpoint.load(tmp_path / "resumed" / "checkpoint.pt")
+    for key, value in sa["model"].items():
+        torch.testing.assert_close(sb["model"][key], value, rtol=0, atol=0, msg=key)
+    curve = list(csv.DictReader((tmp_path / "resumed" / "curve.csv").open()))
+    assert [int(r["env_step"]) for r in curve] == [EPISODE, 2 * EPISODE]
+    assert (tmp_path / "resumed" / "videos" / f"eval_{2 * EPISODE:08d}.gif").stat().st_size > 1000
+    metrics = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
+    assert metrics["env_steps"] == 2 * EPISODE and metrics["replay/bytes_per_step"] == 12309
+
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{store}")
+    runs = mlflow.search_runs(
+        experiment_names=["prelar"],
+        filter_string=f"tags.method = 'prelar' and tags.out = '{tmp_path / 'resumed'}'",
+    )
+    assert len(runs) == 1  # the resumption reopened its run
+    assert runs["tags.task"][0] == "drawer-open-v3" and runs["tags.seed"][0] == "0"
+    assert {
+        "metrics.eval/success_rate",
+        "metrics.model/image_nll",
+        "metrics.behavior/actor_loss",
+        "metrics.model/aux_reward_nll",
+        "metrics.perf/env_steps_per_s",
+        "metrics.time/update_s",
+    } <= set(runs.columns)
+
+
+def test_killed_run_resumes_with_consistent_counters_and_replay(store, tmp_path):
+    """SIGKILL a `prelar finetune` process between checkpoints, then run it again to the end."""
+    out = tmp_path / "run"
+    sets = {
+        "finetune.max_episode_steps": EPISODE,
+        "finetune.segment_length": 8,
+        "finetune.prefill": EPISODE,
+        "finetune.train_every": 3,
+        "finetune.eval_every": 100,
+        "finetune.checkpoint_every": 2 * EPISODE,
+        "finetune.log_every": EPISODE,
+        "mlflow.tracking_uri": f"sqlite:///{store}",
+    }
+    total = 4 * EPISODE
+    cmd = [
+        sys.executable,
+        "-m",
+        "prelar.cli",
+        "finetune",
+        "--params",
+        str(ROOT / "params.yaml"),
+        "--profile",
+        "tiny",
+        "--method",
+        "dreamerv2",
+        "--env-steps",
+        str(total),
+        "--out",
+        str(out),
+    ]
+    cmd += [arg for k, v in sets.items() for arg in ("--set", f"{k}={v}")]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        # kill once an episode exists that the last checkpoint (taken every 2 episodes) does not count
+        if (out / "checkpoint.pt").exists() and len(list((out / "replay").glob("*.npz"))) == 3:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    assert proc.wait(timeout=30) == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    killed_at = checkpoint.load(out / "checkpoint.pt")
+    assert killed_at["step"] == 2 * EPISODE and killed_at["extra"]["episodes"] == 2
+    assert len(list((out / "replay").glob("*.npz"))) == 3  # one episode more than the checkpoint knows
+
+    params = _params(store, method="dreamerv2", env_steps=total, eval_every=100, checkpoint_every=2 * EPISODE)
+    result = finetune(params, out)
+    assert result["env_steps"] == total and result["episodes"] == 4
+    assert result["updates"] == 2 + len(range(EPISODE, total + 1, 3))
+    replay = Replay(1000, 8, out / "replay")
+    replay.restore(4)
+    assert replay.steps == total + 4  # 4 episodes of 9 steps, 10 frames each

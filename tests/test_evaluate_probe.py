@@ -1,0 +1,48 @@
+import numpy as np
+import pytest
+import torch
+from test_pretrain import point_mass_clips
+
+from prelar import config
+from prelar.evaluate import probe
+from prelar.world_model import WorldModel
+
+TINY = config.Model(cnn_width=8, deter=32, hidden=32, stoch=4, classes=4, latent_action_dim=8)
+
+
+def test_episodes_are_split_whole_never_by_camera_or_frame():
+    clips = point_mass_clips(episodes=5, frames=6, cameras=2)
+    keys = [probe.episode_key(c) for c in clips]
+    assert len(set(keys)) == 5  # the two cameras of an episode share its key
+    fit, test = probe.split_episodes(keys, test_fraction=0.4, seed=0)
+    assert fit and test and not fit & test and fit | test == set(keys)
+    assert (fit, test) == probe.split_episodes(keys, test_fraction=0.4, seed=0)
+    with pytest.raises(ValueError, match="at least 2 episodes"):
+        probe.split_episodes(keys[:2], test_fraction=0.5, seed=0)
+
+
+def test_ridge_r2_tells_informative_from_uninformative_features():
+    rng = np.random.default_rng(0)
+    actions = [rng.uniform(-1, 1, (40, 4)).astype(np.float32) for _ in range(6)]
+    mixing = rng.normal(size=(4, 8))
+    informative = [a @ mixing + 0.01 * rng.normal(size=(40, 8)) for a in actions]
+    noise = [rng.normal(size=(40, 8)) for _ in actions]
+    r2, per_dim = probe.ridge_r2(informative, actions, [0, 1, 2, 3], [4, 5], alpha=1.0)
+    assert r2 > 0.99 and len(per_dim) == 4
+    assert probe.ridge_r2(noise, actions, [0, 1, 2, 3], [4, 5], alpha=1.0)[0] < 0.1
+
+
+def test_untrained_baseline_is_the_trainers_initialisation():
+    clips = point_mass_clips(episodes=4, frames=10, cameras=2)
+    torch.manual_seed(0)
+    fresh = WorldModel(TINY)  # what the trainer builds at step 0 with seed 0
+    same = probe.latent_action_probe(fresh, clips, seed=0)
+    assert same["probe_r2"] == same["probe_r2_untrained"]
+    assert same["probe_test_episodes"] + same["probe_fit_episodes"] == 4
+    assert same["probe_test_frames"] == 9 * 2 * same["probe_test_episodes"]
+    torch.manual_seed(1)
+    other = probe.latent_action_probe(WorldModel(TINY), clips, seed=0)
+    assert other["probe_r2"] != other["probe_r2_untrained"] == same["probe_r2_untrained"]
+    assert probe.latent_action_probe(fresh, clips[:2], seed=0) == {
+        "probe_skipped": "the probe needs clips of at least 2 episodes, got 1 with true actions"
+    }

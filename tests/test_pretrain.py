@@ -1,0 +1,242 @@
+"""The pre-training trainer on tiny real shards of a point-mass video world (a square moved by actions)."""
+
+import hashlib
+import json
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from prelar import checkpoint, cli, config, pretrain, tracking
+from prelar.data.clip import Clip
+from prelar.data.shards import write_shards
+from prelar.world_model import WorldModel
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def point_mass_clips(episodes: int, frames: int = 30, cameras: int = 2, seed: int = 0) -> list[Clip]:
+    """Episodes of a 10x10 square on a textured 64x64 background, moved 3 px per unit of its 2-d action.
+
+    The second camera is the mirror image of the first: the same actions, another view (one episode,
+    several clips, as in Meta-world). Pixel (0, 0) spells (episode, camera, 0): the clip of any segment.
+    """
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:64, 0:64]
+    background = np.stack([xx * 2, yy * 2, (xx + yy) % 64 + 64], -1).astype(np.uint8)  # [64,64,3]
+    clips = []
+    for episode in range(episodes):
+        actions = np.clip(np.cumsum(rng.normal(0, 0.5, (frames - 1, 2)), 0) * 0.3, -1, 1).astype(np.float32)
+        pos = rng.uniform(10, 44, 2)
+        video = []
+        for t in range(frames):
+            frame = background.copy()
+            x, y = np.round(pos).astype(int)
+            frame[y : y + 10, x : x + 10] = (255, 40, 40)
+            video.append(frame)
+            if t < frames - 1:
+                pos = np.clip(pos + 3 * actions[t], 0, 54)
+        video = np.stack(video)  # [T,64,64,3]
+        for camera in range(cameras):
+            view = video.copy() if camera == 0 else video[:, :, ::-1].copy()
+            view[:, 0, 0] = (episode, camera, 0)
+            meta = {
+                "source": "pointmass",
+                "id": f"pointmass/ep{episode:03d}/cam{camera}",
+                "task": "pointmass",
+                "episode": episode,
+                "camera": f"cam{camera}",
+            }
+            clips.append(Clip(frames=np.ascontiguousarray(view), actions=actions, meta=meta))
+    return clips
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("shards")
+    write_shards(point_mass_clips(episodes=6), out, clips_per_shard=2)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tracking_uri(tmp_path_factory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+def tiny_params(tracking_uri: str, **pretrain_overrides) -> config.Params:
+    raw = {
+        "mlflow": {"tracking_uri": tracking_uri, "experiment": "test"},
+        "loader": {
+            "segment_length": 8,
+            "batch_size": 4,
+            "workers": 0,
+            "shuffle_buffer": 8,
+            "holdout_fraction": 0.5,
+        },
+        "model": {
+            "cnn_width": 8,
+            "deter": 32,
+            "hidden": 32,
+            "stoch": 4,
+            "classes": 4,
+            "latent_action_dim": 8,
+        },
+        "pretrain": {
+            "steps": 4,
+            "log_every": 2,
+            "checkpoint_every": 2,
+            "precision": "fp32",
+            "device": "cpu",
+            "eval_clips": 0,
+            "probe_clips": 0,
+            **pretrain_overrides,
+        },
+    }
+    return config.resolve(raw)
+
+
+def _parameters(path: Path) -> dict[str, torch.Tensor]:
+    return checkpoint.load(path)["model"]
+
+
+def test_resume_continues_bit_exactly_like_an_uninterrupted_run(shards, tracking_uri, tmp_path):
+    full = pretrain.pretrain(tiny_params(tracking_uri), shards, tmp_path / "full")
+    # interrupted after step 3, between two checkpoint_every=2 boundaries: the stream replays one batch
+    pretrain.pretrain(tiny_params(tracking_uri, steps=3), shards, tmp_path / "split")
+    assert checkpoint.load(tmp_path / "split" / "checkpoint.pt")["step"] == 3
+    resumed = pretrain.pretrain(tiny_params(tracking_uri), shards, tmp_path / "split")
+    a, b = _parameters(tmp_path / "full" / "checkpoint.pt"), _parameters(tmp_path / "split" / "checkpoint.pt")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    assert full["step"] == resumed["step"] == 4
+    torch.manual_seed(0)
+    initial = WorldModel(tiny_params(tracking_uri).model).state_dict()  # the trainer's initialisation
+    assert any(not torch.equal(initial[n], a[n]) for n in initial)  # training moved them: the test can fail
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(shards, tracking_uri, tmp_path):
+    pretrain.pretrain(tiny_params(tracking_uri, steps=2), shards, tmp_path)
+    path = tmp_path / "checkpoint.pt"
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    with pytest.raises(pretrain.NonFiniteLossError, match=r"non-finite .*checkpoint.pt \(step 2\)"):
+        pretrain.pretrain(tiny_params(tracking_uri, steps=4, lr=1e30), shards, tmp_path)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world_size: int, port: int, shards: str, out: str, uri: str) -> None:
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    torch.set_num_threads(1)
+    seen, final = [], {}
+
+    def record(step, frames, model):
+        seen.append({tuple(code) for code in frames[:, 0, :2, 0, 0].tolist()})  # (episode, camera) per segment
+        final.update({k: v.detach().clone() for k, v in model.named_parameters()})
+
+    pretrain.pretrain(tiny_params(uri, steps=3), shards, out, callback=record)
+    torch.save(
+        {"seen": seen, "final": final}, Path(out) / f"rank{rank}.pt"
+    )  # only rank 0 writes a checkpoint
+
+
+def test_ddp_two_gloo_ranks_read_different_clips_and_stay_in_sync(shards, tracking_uri, tmp_path):
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(shards), str(tmp_path), tracking_uri), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    seen = [r["seen"] for r in ranks]
+    assert len(seen[0]) == len(seen[1]) == 3
+    clips = [set().union(*s) for s in seen]
+    assert clips[0] and clips[1] and not clips[0] & clips[1]  # the ranks read different clips
+    ckpt = checkpoint.load(tmp_path / "checkpoint.pt")
+    assert ckpt["step"] == 3 and len(ckpt["rng"]) == 2  # rank 0 saved, with both ranks' random states
+    torch.manual_seed(0)
+    initial = WorldModel(tiny_params(tracking_uri).model).state_dict()  # the trainer's initialisation
+    # parameters are all-reduced; BatchNorm running statistics are per rank (DDP broadcasts rank 0's)
+    for name, value in ranks[0]["final"].items():
+        assert torch.equal(value, ranks[1]["final"][name]), name
+        assert torch.equal(value, ckpt["model"][name]), name
+    assert any(not torch.equal(initial[n], ckpt["model"][n]) for n in initial)  # and they did train
+
+
+def test_cli_end_to_end_writes_metrics_figures_and_an_mlflow_run(shards, tracking_uri, tmp_path):
+    out = tmp_path / "apv"
+    code = cli.main(
+        [
+            "pretrain",
+            "--params",
+            str(REPO / "params.yaml"),
+            "--profile",
+            "tiny",
+            "--shards",
+            str(shards),
+            "--out",
+            str(out),
+            "--steps",
+            "2",
+            "--run-name",
+            "apv-test",
+            "--set",
+            "model.action_free=true",
+            "--set",
+            f"mlflow.tracking_uri={tracking_uri}",
+            "--set",
+            "loader.workers=0",
+            "--set",
+            "loader.holdout_fraction=0.5",
+            "--set",
+            "pretrain.device=cpu",
+        ]
+    )
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["step"] == 2 and metrics["perf/frames_per_s"] > 0
+    assert metrics["pred_clips"] >= 1 and np.isfinite(metrics["pred_psnr"])
+    assert "probe_skipped" in metrics  # APV's action-free model has no latent actions
+    assert (out / "figures" / "open_loop.gif").exists()
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking.resolve_tracking_uri(tracking_uri))
+    run = client.search_runs(
+        [client.get_experiment_by_name("prelar").experiment_id],
+        filter_string="attributes.run_name = 'apv-test'",
+    )[0]
+    assert run.data.params["model.action_free"] == "True"
+    assert run.data.tags["shards.0.path"] == str(shards)
+    assert "train/image_nll" in run.data.metrics and "grad_norm/encoder" in run.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"checkpoint.pt", "metrics.json", "figures"} <= artifacts
+
+
+def test_set_rejects_unknown_keys_and_bad_values():
+    params = config.resolve({})
+    assert pretrain.override(params, ["model.deter=64"]).model.deter == 64
+    with pytest.raises(config.ConfigError, match="unknown parameter 'model.detr'"):
+        pretrain.override(params, ["model.detr=64"])
+    with pytest.raises(config.ConfigError, match="invalid value"):
+        pretrain.override(params, ["pretrain.precision=fp16"])
+
+
+def test_tracking_uri_is_made_absolute_against_the_working_directory(tmp_path):
+    uri = tracking.resolve_tracking_uri("sqlite:///runs/mlflow.db", root=tmp_path)
+    assert uri == f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}" and (tmp_path / "runs").is_dir()
+    assert tracking.resolve_tracking_uri("http://host:5000") == "http://host:5000"
+    assert tracking.flatten({"model": {"deter": 1, "sub": {"x": [1, 2]}}}) == {
+        "model.deter": "1",
+        "model.sub.x": "[1, 2]",
+    }
