@@ -9,7 +9,10 @@ same cost), then measures on the real Meta-world task:
     each, on segments of a real episode replayed `batch_size` times;
   - replay: bytes per stored step against the 12,288-byte floor of one uint8 64x64x3 frame.
 
-    python bench/bench_finetune.py [--sizes cpu paper] [--steps 100] [--updates 3]
+    python bench/bench_finetune.py [--sizes cpu paper] [--steps 100] [--updates 3] [--batch B]
+
+At the paper's size one update of batch 50 x 50 needs well over 20 GB on a CPU: measure it with a smaller
+`--batch` there (the update time grows about linearly with the batch).
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ def bench_size(params: config.Params, steps: int, updates: int) -> dict[str, flo
     acting = (time.perf_counter() - t0) / steps
     t0 = time.perf_counter()
     for _ in range(steps):
-        collector.env._render()
+        collector.env.render()
     render = (time.perf_counter() - t0) / steps
     while len(collector.frames) < cfg.segment_length:  # a real episode long enough for one segment
         collector.step(collector.env.action_space.sample())
@@ -91,11 +94,18 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=["cpu", "paper"], help="profiles of params.yaml")
     parser.add_argument("--steps", type=int, default=100, help="env steps timed while acting")
     parser.add_argument("--updates", type=int, default=3, help="updates timed (after one warm-up)")
+    parser.add_argument(
+        "--batch", type=int, default=None, help="segments per update (default: the profile's; paper: 50)"
+    )
     args = parser.parse_args()
     os.environ.setdefault("MUJOCO_GL", "egl")
     results = {}
     for size in args.sizes:
         params = config.load(args.params, profile=size)
+        if args.batch is not None:
+            params = params.model_copy(
+                update={"finetune": params.finetune.model_copy(update={"batch_size": args.batch})}
+            )
         updates = args.updates if size != "paper" else 1
         results[size] = bench_size(params, args.steps, updates)
         print(size, json.dumps(results[size], indent=1), flush=True)

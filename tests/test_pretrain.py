@@ -146,7 +146,7 @@ def _ddp_worker(rank: int, world_size: int, port: int, shards: str, out: str, ur
     seen, final = [], {}
 
     def record(step, frames, model):
-        seen.append({tuple(code) for code in frames[:, 0, :2, 0, 0].tolist()})  # (episode, camera) per segment
+        seen.append({tuple(code) for code in frames[:, 0, :2, 0, 0].tolist()})  # (episode, camera) each
         final.update({k: v.detach().clone() for k, v in model.named_parameters()})
 
     pretrain.pretrain(tiny_params(uri, steps=3), shards, out, callback=record)

@@ -152,7 +152,8 @@ class Agent(nn.Module):
     def act(self, frame: np.ndarray, prev_action: np.ndarray, is_first: bool, state, explore: bool):
         """frame uint8 [64, 64, 3], a_{t-1} [A] → (action [A], new latent state)."""
         dev = self.device
-        frame_t = torch.from_numpy(frame).permute(2, 0, 1)[None].to(dev)  # [1, 3, 64, 64]
+        # contiguous: a permuted HWC view (odd strides) sends CPU convolutions down a ~10x slower path
+        frame_t = torch.from_numpy(frame).permute(2, 0, 1).contiguous()[None].to(dev)  # [1, 3, 64, 64]
         action_t = torch.from_numpy(prev_action)[None].to(dev)  # [1, A]
         with evaluating(self), self.autocast():
             state = self.model.observe_step(frame_t, action_t, torch.tensor([is_first], device=dev), state)

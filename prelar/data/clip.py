@@ -46,3 +46,6 @@ class ClipRejected(Exception):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+
+    def __reduce__(self):  # picklable across worker processes despite the two-argument __init__
+        return (ClipRejected, (self.path, self.reason))

@@ -24,6 +24,7 @@ import hashlib
 import importlib
 import json
 import logging
+import multiprocessing
 import os
 import re
 import shutil
@@ -336,7 +337,13 @@ def ingest(
     if workers > 0 and todo:
         name = source.__name__ if isinstance(source, types.ModuleType) else source
         chunksize = max(1, min(16, len(todo) // (8 * workers)))
-        pool = ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(name, source_cfg, shards_cfg))
+        # spawn, not fork: a process forked after MuJoCo rendered hangs in its next render context.
+        pool = ProcessPoolExecutor(
+            workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(name, source_cfg, shards_cfg),
+        )
         results = pool.map(_transcode_in_worker, todo, chunksize=chunksize)  # in order
     else:
         _init_worker(source, source_cfg, shards_cfg)

@@ -151,7 +151,6 @@ class MetaworldEnv(gym.Env):
         self._viewer: OffScreenViewer | None = open_viewer(sawyer.mujoco_renderer, fast_render)
         _register_open(self)
         self._upside_down = self._camera_upside_down()
-        self._frame = np.zeros(self.observation_space.shape, np.uint8)
 
     def _camera_upside_down(self) -> bool:
         """Whether the camera's image "up" axis points below the horizon (then frames are rotated by 180°)."""
@@ -160,7 +159,12 @@ class MetaworldEnv(gym.Env):
         up = self.sawyer.data.cam_xmat[camera_id].reshape(3, 3)[:, 1]  # camera y axis in world coordinates
         return bool(up[2] < 0)
 
-    def _render(self) -> np.ndarray:
+    def render(self) -> np.ndarray:
+        """Render the current state: uint8 [size, size, 3], upright (what `reset` and `step` return)."""
+        _check_not_forked()
+        if self._viewer is None:
+            raise RuntimeError(f"MetaworldEnv({self.task}): render after close()")
+        self._viewer.make_context_current()  # each env has its own context; another may be current
         frame = self._viewer.render(render_mode="rgb_array", camera_id=self.sawyer.mujoco_renderer.camera_id)
         if self._upside_down:
             frame = frame[::-1, ::-1]  # [S, S, 3]
@@ -176,19 +180,13 @@ class MetaworldEnv(gym.Env):
         # Start from MuJoCo's reset state, so that an episode never depends on the ones before it.
         mujoco.mj_resetData(self.sawyer.model, self.sawyer.data)
         state, _ = self.sawyer.reset()
-        self._frame = self._render()
-        return self._frame, {"state": state, "success": False}
+        return self.render(), {"state": state, "success": False}
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         action = np.clip(np.asarray(action, dtype=np.float32), -1.0, 1.0)  # [4]
         state, reward, terminated, truncated, info = self.sawyer.step(action)
-        self._frame = self._render()
         info = {**info, "success": bool(info["success"]), "state": state}
-        return self._frame, float(reward), bool(terminated), bool(truncated), info
-
-    def render(self) -> np.ndarray:
-        """The latest frame (uint8 [size, size, 3]), as returned by `reset`/`step`."""
-        return self._frame.copy()
+        return self.render(), float(reward), bool(terminated), bool(truncated), info
 
     def close(self) -> None:
         """Free the GL context (idempotent); unlike gymnasium's close, later envs can still render."""
