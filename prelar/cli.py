@@ -27,7 +27,8 @@ COMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only `command`'s module is imported to add its options (the others stay unloaded)."""
     parser = argparse.ArgumentParser(prog="prelar", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -59,23 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         _common(p)
         p.set_defaults(_module=module)
-        _add_module_arguments(p, module)
+        if name == command:
+            importlib.import_module(module).add_arguments(p)
     return parser
-
-
-def _add_module_arguments(parser: argparse.ArgumentParser, module: str) -> None:
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as err:
-        if err.name != module:
-            raise
-        return
-    mod.add_arguments(parser)
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MUJOCO_GL", "egl")
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
     from prelar import config
 
     try:

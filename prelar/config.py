@@ -130,7 +130,15 @@ class Pretrain(_Section):
     checkpoint_every: int = 250  # also where the data stream reseeds (exact resume)
     eval_clips: int = 16  # held-out clips for open-loop prediction at the end (0: skip)
     probe_clips: int = 64  # clips with true actions for the latent-action probe at the end (0: skip)
-    out: str = "runs/pretrain/prelar"
+    out: str = "runs/pretrain"  # a variant's run folder is <out>/<variant>
+    # Named pre-trained models: variant -> `model` switches applied on top of `model:`. The method names
+    # match `finetune.method` (apv fine-tunes the action-free model; naive_ft reuses it too).
+    variants: dict[str, dict[str, bool | float]] = {
+        "prelar": {},
+        "prelar_no_cl": {"use_consistency": False},
+        "prelar_no_cl_al": {"use_consistency": False, "use_action_kl": False},
+        "apv": {"action_free": True},
+    }
 
 
 class Bonus(_Section):

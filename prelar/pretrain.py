@@ -47,7 +47,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--shards", nargs="+", default=None, help="shard folder(s) or glob(s) (default: data.metaworld.out)"
     )
-    parser.add_argument("--out", default=None, help="run folder: checkpoint, metrics, figures (pretrain.out)")
+    parser.add_argument(
+        "--variant",
+        default="prelar",
+        help="pre-trained model, a key of pretrain.variants (prelar, prelar_no_cl, prelar_no_cl_al, apv)",
+    )
+    parser.add_argument(
+        "--out", default=None, help="run folder: checkpoint, metrics, figures (default: pretrain.out/VARIANT)"
+    )
     parser.add_argument("--steps", type=int, default=None, help="gradient steps in total (pretrain.steps)")
     parser.add_argument("--run-name", default=None, help="MLflow run name (default: the out folder's name)")
     parser.add_argument(
@@ -81,15 +88,27 @@ def override(params: config.Params, assignments: list[str]) -> config.Params:
         raise config.ConfigError(f"--set: invalid value: {err}") from None
 
 
+def variant_params(params: config.Params, variant: str) -> config.Params:
+    """`params` with the model switches of a named pre-training variant (`pretrain.variants`)."""
+    variants = params.pretrain.variants
+    if variant not in variants:
+        raise config.ConfigError(
+            f"--variant {variant!r}: not in pretrain.variants; choose one of {sorted(variants)} "
+            "or add it to params.yaml"
+        )
+    return override(params, [f"model.{k}={str(v).lower()}" for k, v in variants[variant].items()])
+
+
 def run(params: config.Params, args: argparse.Namespace) -> int:
+    params = variant_params(params, args.variant)
     sets = list(args.set)
     if args.steps is not None:
         sets.append(f"pretrain.steps={args.steps}")
     params = override(params, sets)
-    out = Path(args.out or params.pretrain.out)
+    out = Path(args.out or Path(params.pretrain.out) / args.variant)
     shards = args.shards or [params.data.metaworld.out]
     try:
-        pretrain(params, shards, out, run_name=args.run_name)
+        pretrain(params, shards, out, run_name=args.run_name or args.variant, method=args.variant)
     except NonFiniteLossError as err:
         print(f"prelar pretrain: {err}", file=sys.stderr)
         return 1
@@ -169,17 +188,19 @@ def pretrain(
     out: str | Path,
     *,
     run_name: str | None = None,
+    method: str = "prelar",
     callback: Callable[[int, torch.Tensor, nn.Module], None] | None = None,
 ) -> dict[str, Any]:
     """Pre-train for `params.pretrain.steps` steps in total (resuming from `out/checkpoint.pt` if present).
 
     Writes `out/checkpoint.pt`, `out/metrics.json` and `out/figures/`; logs to MLflow. `callback(step, frames,
-    model)` runs on every rank after each optimiser step. Returns the metrics written to metrics.json.
+    model)` runs on every rank after each optimiser step; `method` tags the MLflow run (the variant's name).
+    Returns the metrics written to metrics.json.
     """
     owns_group = not torch_dist.is_initialized()
     dist = device.setup(params.pretrain.device)
     try:
-        return _train(params, shards, Path(out), dist, run_name, callback)
+        return _train(params, shards, Path(out), dist, run_name, callback, method)
     finally:
         if owns_group:
             device.teardown()
@@ -239,7 +260,7 @@ def train_step(
     return {"loss": loss.detach(), "metrics": metrics, "grad_norm": grad_norm.detach(), "norms": norms}
 
 
-def _train(params, shards, out, dist, run_name, callback) -> dict[str, Any]:
+def _train(params, shards, out, dist, run_name, callback, method) -> dict[str, Any]:
     cfg = params.pretrain
     dev = dist.device
     model, optimizer = build(params, dist)
@@ -272,7 +293,14 @@ def _train(params, shards, out, dist, run_name, callback) -> dict[str, Any]:
         params.mlflow.tracking_uri,
         params.mlflow.experiment,
         run_name=run_name or out.name,
-        tags={"stage": "pretrain", "out": str(out), "world_size": str(dist.world_size), **data_tags},
+        tags={
+            "stage": "pretrain",
+            "method": method,
+            "seed": str(params.seed),
+            "out": str(out),
+            "world_size": str(dist.world_size),
+            **data_tags,
+        },
         resume_run_id=run_id,
         enabled=dist.is_main,
     )
