@@ -170,6 +170,15 @@ class Behavior(_Section):
     target_fraction: float = 1.0
 
 
+class FinetuneMatrix(_Section):
+    """The runs of the DVC `finetune` stage (method x task x seed). DVC reads these lists straight from
+    params.yaml (templating), so profiles cannot change them: edit them here."""
+
+    methods: list[str] = ["prelar", "apv", "dreamerv2"]
+    tasks: list[str] = ["drawer-open-v3"]
+    seeds: list[int] = [0]
+
+
 class Finetune(_Section):
     """Fine-tuning and behaviour learning on Meta-world (one `method` switch for every baseline)."""
 
@@ -204,13 +213,38 @@ class Finetune(_Section):
     video_fps: int = 20
     bonus: Bonus = Bonus()
     behavior: Behavior = Behavior()
+    matrix: FinetuneMatrix = FinetuneMatrix()
     out: str = "runs/finetune"
 
 
 class Evaluate(_Section):
-    """Evaluation stages: latent-action probe, controllability, offline transfer."""
+    """Evaluation stages (`prelar evaluate probe | controllability | transfer-data | transfer`).
+
+    Pre-training is too costly on CPU to repeat per seed, so `seeds` re-run only the evaluation's own
+    randomness: the probe's episode split (and the untrained baseline's initialisation), which clip lends
+    its latent actions in ΔPSNR, and, in the offline transfer, the episode split, the fresh parameters'
+    initialisation and the replayed batches.
+    """
 
     seeds: list[int] = [0]
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: Literal["bf16", "fp32"] = "bf16"  # autocast of every forward (and the transfer's updates)
+    min_holdout_episodes: int = 8  # the probe uses held-out clips if they hold this many episodes, else all
+    probe_clips: int = 32  # clips with true actions (each one episode and camera)
+    probe_test_fraction: float = 0.3  # episodes the ridge probe is scored on
+    probe_alpha: float = 1.0  # ridge penalty
+    controllability_windows: int = 24  # held-out windows of CONTEXT + HORIZON frames (several per clip)
+    transfer_tasks: list[str] = ["drawer-open-v3"]  # downstream tasks: never in data.metaworld.tasks
+    transfer_episodes: int = 8  # per task, noisy scripted expert, true actions and rewards
+    transfer_max_steps: int = 100  # frames per episode = transfer_max_steps + 1
+    transfer_action_noise: float = 0.3
+    transfer_seed: int = 1
+    transfer_data: str = "datasets/shards/downstream"
+    transfer_updates: list[int] = [0, 25, 50, 100]  # K: open-loop error measured after K updates
+    transfer_batch_size: int = 8  # segments per update
+    transfer_segment_length: int = 25
+    transfer_test_fraction: float = 0.25  # episodes held out of fine-tuning for the open-loop error
+    transfer_eval_windows: int = 16  # windows of CONTEXT + HORIZON frames scored per split
     out: str = "runs/evaluate"
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 import time
@@ -56,7 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out", default=None, help="run folder: checkpoint, metrics, figures (default: pretrain.out/VARIANT)"
     )
     parser.add_argument("--steps", type=int, default=None, help="gradient steps in total (pretrain.steps)")
-    parser.add_argument("--run-name", default=None, help="MLflow run name (default: the out folder's name)")
+    parser.add_argument("--run-name", default=None, help="MLflow run name (default: the variant)")
+    parser.add_argument("--metrics", default=None, help="also write the final metrics JSON here (for DVC)")
     parser.add_argument(
         "--set",
         action="append",
@@ -96,7 +98,7 @@ def variant_params(params: config.Params, variant: str) -> config.Params:
             f"--variant {variant!r}: not in pretrain.variants; choose one of {sorted(variants)} "
             "or add it to params.yaml"
         )
-    return override(params, [f"model.{k}={str(v).lower()}" for k, v in variants[variant].items()])
+    return override(params, [f"model.{k}={json.dumps(v)}" for k, v in variants[variant].items()])
 
 
 def run(params: config.Params, args: argparse.Namespace) -> int:
@@ -108,10 +110,13 @@ def run(params: config.Params, args: argparse.Namespace) -> int:
     out = Path(args.out or Path(params.pretrain.out) / args.variant)
     shards = args.shards or [params.data.metaworld.out]
     try:
-        pretrain(params, shards, out, run_name=args.run_name or args.variant, method=args.variant)
+        result = pretrain(params, shards, out, run_name=args.run_name or args.variant, method=args.variant)
     except NonFiniteLossError as err:
         print(f"prelar pretrain: {err}", file=sys.stderr)
         return 1
+    if args.metrics and int(os.environ.get("RANK", "0")) == 0:
+        Path(args.metrics).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.metrics).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     return 0
 
 

@@ -63,7 +63,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=None, help="finetune.seed")
     parser.add_argument(
-        "--pretrained", default=None, help="checkpoint of `prelar pretrain` (finetune.pretrained)"
+        "--pretrained",
+        default=None,
+        help="checkpoint of `prelar pretrain` (finetune.pretrained; default: the method's variant "
+        "in pretrain.out, e.g. runs/pretrain/apv/checkpoint.pt for apv and naive_ft)",
     )
     parser.add_argument("--env-steps", type=int, default=None, help="env steps in total (finetune.env_steps)")
     parser.add_argument(
@@ -90,6 +93,10 @@ def run(params: config.Params, args: argparse.Namespace) -> int:
     }
     sets = [f"finetune.{k}={json.dumps(v)}" for k, v in named.items() if v is not None] + list(args.set)
     params = override(params, sets)
+    spec = METHODS.get(params.finetune.method)
+    if params.finetune.pretrained is None and spec is not None and spec.pretrained:
+        default = Path(params.pretrain.out) / spec.variant / "checkpoint.pt"
+        params = override(params, [f"finetune.pretrained={json.dumps(str(default))}"])
     finetune(params, args.out)
     return 0
 

@@ -42,6 +42,7 @@ class Method:
     """What a fine-tuning method loads and how it feeds actions; `expects` are the checkpoint's switches."""
 
     expects: dict[str, bool] | None  # None: random init (no checkpoint)
+    variant: str | None = None  # the `prelar pretrain --variant` whose checkpoint it loads by default
     stacked: bool = False  # APV's stacked model on top of the pre-trained one
     action_encoder: bool = False  # real action → latent action (PreLAR); else real actions directly
     bonus: bool = False
@@ -53,23 +54,26 @@ class Method:
 
 METHODS: dict[str, Method] = {
     "dreamerv2": Method(expects=None),
-    "apv": Method(expects={"action_free": True}, stacked=True, bonus=True),
+    "apv": Method(expects={"action_free": True}, variant="apv", stacked=True, bonus=True),
     "prelar": Method(
         expects={"action_free": False, "use_consistency": True, "use_action_kl": True},
+        variant="prelar",
         action_encoder=True,
         bonus=True,
     ),
     "prelar_no_cl": Method(
         expects={"action_free": False, "use_consistency": False, "use_action_kl": True},
+        variant="prelar_no_cl",
         action_encoder=True,
         bonus=True,
     ),
     "prelar_no_cl_al": Method(
         expects={"action_free": False, "use_consistency": False, "use_action_kl": False},
+        variant="prelar_no_cl_al",
         action_encoder=True,
         bonus=True,
     ),
-    "naive_ft": Method(expects={"action_free": True}),
+    "naive_ft": Method(expects={"action_free": True}, variant="apv"),
 }
 
 
