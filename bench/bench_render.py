@@ -49,7 +49,7 @@ def main() -> None:
     parser.add_argument("--camera", default="corner")
     parser.add_argument("--frames", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="reports/bench_render.png", help="contact sheet PNG")
+    parser.add_argument("--out", default="bench/out/bench_render.png", help="contact sheet PNG")
     args = parser.parse_args()
     os.environ.setdefault("MUJOCO_GL", "egl")
 

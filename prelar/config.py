@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError
 
 # The six downstream tasks of the PreLAR paper: pre-training must never see them.
 DOWNSTREAM_TASKS = (
@@ -223,28 +223,29 @@ class Evaluate(_Section):
     Pre-training is too costly on CPU to repeat per seed, so `seeds` re-run only the evaluation's own
     randomness: the probe's episode split (and the untrained baseline's initialisation), which clip lends
     its latent actions in ΔPSNR, and, in the offline transfer, the episode split, the fresh parameters'
-    initialisation and the replayed batches.
+    initialisation and the replayed batches. The transfer's fine-tuning takes its learning rate, clipping,
+    architecture and freeze of pre-trained parts (`freeze_updates`) from `finetune`.
     """
 
-    seeds: list[int] = [0]
+    seeds: list[int] = Field([0], min_length=1)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: Literal["bf16", "fp32"] = "bf16"  # autocast of every forward (and the transfer's updates)
     min_holdout_episodes: int = 8  # the probe uses held-out clips if they hold this many episodes, else all
-    probe_clips: int = 32  # clips with true actions (each one episode and camera)
-    probe_test_fraction: float = 0.3  # episodes the ridge probe is scored on
+    probe_clips: PositiveInt = 96  # clips with true actions (each one episode and camera)
+    probe_test_fraction: float = Field(0.3, gt=0, lt=1)  # episodes the ridge probe is scored on
     probe_alpha: float = 1.0  # ridge penalty
-    controllability_windows: int = 24  # held-out windows of CONTEXT + HORIZON frames (several per clip)
+    controllability_windows: PositiveInt = 24  # held-out windows of CONTEXT + HORIZON frames (several a clip)
     transfer_tasks: list[str] = ["drawer-open-v3"]  # downstream tasks: never in data.metaworld.tasks
-    transfer_episodes: int = 8  # per task, noisy scripted expert, true actions and rewards
+    transfer_episodes: PositiveInt = 8  # per task, noisy scripted expert, true actions and rewards
     transfer_max_steps: int = 100  # frames per episode = transfer_max_steps + 1
     transfer_action_noise: float = 0.3
     transfer_seed: int = 1
     transfer_data: str = "datasets/shards/downstream"
-    transfer_updates: list[int] = [0, 25, 50, 100]  # K: open-loop error measured after K updates
-    transfer_batch_size: int = 8  # segments per update
+    transfer_updates: list[NonNegativeInt] = Field([0, 25, 50, 100, 150], min_length=1)  # K: after K updates
+    transfer_batch_size: PositiveInt = 8  # segments per update
     transfer_segment_length: int = 25
-    transfer_test_fraction: float = 0.25  # episodes held out of fine-tuning for the open-loop error
-    transfer_eval_windows: int = 16  # windows of CONTEXT + HORIZON frames scored per split
+    transfer_test_fraction: float = Field(0.25, gt=0, lt=1)  # episodes held out of fine-tuning, scored
+    transfer_eval_windows: PositiveInt = 16  # windows of CONTEXT + HORIZON frames scored per split
     out: str = "runs/evaluate"
 
 

@@ -56,6 +56,10 @@ def setup(device: str = "auto") -> Dist:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device, local_rank)
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if dev.type == "cpu" and local_world > 1 and "OMP_NUM_THREADS" not in os.environ:
+        # CPU ranks on one machine share its cores: oversubscribed OpenMP threads stall at every barrier.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
     return Dist(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)

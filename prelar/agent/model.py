@@ -248,7 +248,7 @@ class FinetuneModel(nn.Module):
         total = image_nll + wm_cfg.beta * kl_loss + reward_nll
         metrics = {"image_nll": image_nll, "kl_dyn": kl_value.mean(), "reward_nll": reward_nll}
         if self.bonus is not None:
-            source = self.world.features(post["action_free"]) if self.spec.stacked else embed
+            source = self.world.features(self.world.action_free_state(post)) if self.spec.stacked else embed
             bonus = self.bonus(source.detach())  # [B, T'] with T' = T - window + 1
             T2 = bonus.shape[1]
             aux_target = rewards[:, :T2] + self.cfg.bonus.beta * bonus  # [B, T']

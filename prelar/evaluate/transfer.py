@@ -20,6 +20,7 @@ Shape legend: B windows or segments, T time, A real action dims, H horizon.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -79,29 +80,43 @@ def windows(episodes: list[Episode], limit: int) -> dict[str, np.ndarray]:
 
 
 @torch.no_grad()
-def open_loop_mse(agent: Agent, batch: dict[str, np.ndarray], seed: int) -> torch.Tensor:
-    """Action-conditioned open-loop squared error per window and predicted frame: [B, HORIZON] (float32).
+def predict(agent: Agent, batch: dict[str, np.ndarray], seed: int) -> torch.Tensor:
+    """Action-conditioned open-loop prediction, float [B, HORIZON, 3, 64, 64] in [0, 1].
 
-    Observes frames 0..CONTEXT−1 with their actions, imagines CONTEXT..WINDOW−1 from the real actions.
+    Observes frames 0..CONTEXT−1 with their actions, then imagines CONTEXT..WINDOW−1 from the real actions
+    alone (the prior's mode); later frames are never seen.
     """
     model, dev = agent.model, agent.device
     data = {k: torch.from_numpy(v).to(dev) for k, v in batch.items()}
     generator = torch.Generator(device=dev).manual_seed(seed)  # the context's posterior samples
     with evaluating(model), agent.autocast():
-        images = preprocess(data["frames"])  # [B, T, 3, 64, 64]
+        images = preprocess(data["frames"][:, :CONTEXT])  # [B, CONTEXT, 3, 64, 64]
         action = model.latent_action(data["actions"])  # [B, T, L] (L = A without an action encoder)
-        embed = model.world.encode(images[:, :CONTEXT])  # [B, CONTEXT, E]
+        embed = model.world.encode(images)  # [B, CONTEXT, E]
         post, _ = model.world.observe(
             embed, action[:, :CONTEXT], data["is_first"][:, :CONTEXT], None, generator
         )
         state = {k: v[:, -1] for k, v in post.items()}
         features = []
-        for t in range(CONTEXT, images.shape[1]):
+        for t in range(CONTEXT, action.shape[1]):
             state = model.world.imagine_step(state, action[:, t], generator, sample=False)
             features.append(model.world.features(state))
-        pred = model.world.decode(torch.stack(features, 1)).float() + 0.5  # [B, H, 3, 64, 64] in [0, 1]
-    truth = images[:, CONTEXT:].float() + 0.5
-    return ((pred.clamp(0, 1) - truth) ** 2).mean(dim=(2, 3, 4))  # [B, H]
+        pred = model.world.decode(torch.stack(features, 1))  # [B, H, 3, 64, 64] in [−0.5, 0.5]
+    return (pred.float() + 0.5).clamp(0, 1)
+
+
+def open_loop_mse(agent: Agent, batch: dict[str, np.ndarray], seed: int) -> torch.Tensor:
+    """Squared error of `predict` per window and predicted frame: [B, HORIZON] (pixels in [0, 1])."""
+    truth = (
+        torch.from_numpy(batch["frames"][:, CONTEXT:]).to(agent.device).float() / 255.0
+    )  # [B, H, 3, 64, 64]
+    return ((predict(agent, batch, seed) - truth) ** 2).mean(dim=(2, 3, 4))
+
+
+def copy_last_mse(batch: dict[str, np.ndarray]) -> torch.Tensor:
+    """The yardstick without a model: the last context frame repeated, squared error [B, HORIZON]."""
+    frames = torch.from_numpy(batch["frames"]).float() / 255.0  # [B, T, 3, 64, 64]
+    return ((frames[:, CONTEXT:] - frames[:, CONTEXT - 1 : CONTEXT]) ** 2).mean(dim=(2, 3, 4))
 
 
 def world_model_update(agent: Agent, batch: dict[str, np.ndarray]) -> dict[str, float]:
@@ -109,7 +124,9 @@ def world_model_update(agent: Agent, batch: dict[str, np.ndarray]) -> dict[str, 
     cfg = agent.cfg
     data = {k: torch.from_numpy(v).to(agent.device) for k, v in batch.items()}
     if agent.model.frozen_params:  # encoder and RSSM at lr 0 for the first `freeze_updates` updates
-        agent.model_opt.param_groups[1]["lr"] = 0.0 if int(agent.updates) < cfg.freeze_updates else cfg.model_lr
+        agent.model_opt.param_groups[1]["lr"] = (
+            0.0 if int(agent.updates) < cfg.freeze_updates else cfg.model_lr
+        )
     agent.model.train()
     with agent.autocast():
         loss, metrics, _ = agent.model.loss(data)
@@ -132,6 +149,7 @@ class Curve:
     train_mse: list[float] = field(default_factory=list)
     mse_per_step: list[list[float]] = field(default_factory=list)  # [K][HORIZON]
     losses: list[float] = field(default_factory=list)  # Eq. 11 total of every update
+    update_seconds: float = 0.0  # spent in updates (sampling included), not in measuring
 
     def add(self, k: int, test: torch.Tensor, train: torch.Tensor) -> None:
         self.updates.append(k)
@@ -182,14 +200,20 @@ def transfer(
     for episode in train:
         replay.add(episode, persist=False)
     rng = np.random.default_rng(seed)
-    test_windows, train_windows = windows(test, cfg.transfer_eval_windows), windows(train, cfg.transfer_eval_windows)
+    test_windows, train_windows = (
+        windows(test, cfg.transfer_eval_windows),
+        windows(train, cfg.transfer_eval_windows),
+    )
     curve = Curve()
     for k in range(grid[-1] + 1):
         if k in grid:
             curve.add(k, open_loop_mse(agent, test_windows, seed), open_loop_mse(agent, train_windows, seed))
         if k < grid[-1]:
-            curve.losses.append(world_model_update(agent, replay.sample(cfg.transfer_batch_size, rng))["total"])
+            t0 = time.perf_counter()
+            metrics = world_model_update(agent, replay.sample(cfg.transfer_batch_size, rng))
+            device.synchronize(dev)
+            curve.update_seconds += time.perf_counter() - t0
+            curve.losses.append(metrics["total"])
             if progress is not None:
                 progress()
     return curve
-
