@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -48,17 +49,34 @@ def test_dvc_repro_tiny_profile(tiny_repo):
     dvc = [sys.executable, "-m", "dvc"]
     _run([*dvc, "repro"], repo, env)
 
-    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
-    for name, stage in stages.items():
+    # Every stage of dvc.yaml (foreach and matrix expanded) ran and left its outputs.
+    listed = _run([*dvc, "stage", "list", "--name-only"], repo, env).stdout.split()
+    locked = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    assert sorted(listed) == sorted(locked), (listed, sorted(locked))
+    expected = {"ingest_metaworld", "pretrain@prelar", "pretrain@apv", "evaluate_transfer", "report"}
+    assert expected <= set(locked)
+    for name, stage in locked.items():
         for out in stage.get("outs", []):
-            path = repo / (out if isinstance(out, str) else next(iter(out)))
+            path = repo / out["path"]
             assert path.exists(), f"stage {name}: output {path} missing"
-        for metric in stage.get("metrics", []):
-            path = repo / (metric if isinstance(metric, str) else next(iter(metric)))
-            assert json.loads(path.read_text()), f"stage {name}: metrics {path} empty"
+            if path.suffix == ".json":
+                assert json.loads(path.read_text()), f"stage {name}: metrics {path} empty"
 
     ingest = json.loads((repo / "metrics/ingest_metaworld.json").read_text())
     assert ingest["clips"] == 4 and ingest["rejects"] == 0  # tiny: 2 tasks x 2 episodes, 1 camera
+    for variant in ("prelar", "prelar_no_cl", "prelar_no_cl_al", "apv"):
+        trained = json.loads((repo / f"metrics/pretrain_{variant}.json").read_text())
+        assert trained["step"] == 6 and np.isfinite(trained["train/total"]), trained
+        assert (repo / f"runs/pretrain/{variant}/checkpoint.pt").stat().st_size > 0
+    assert "untrained" in (repo / "runs/evaluate/probe/probe.csv").read_text()
+    transfer = (repo / "runs/evaluate/transfer/transfer.csv").read_text()
+    assert "prelar" in transfer and "apv" in transfer and "dreamerv2" in transfer
+    curves = (repo / "runs/finetune/prelar/drawer-open-v3/seed0/curve.csv").read_text().splitlines()
+    assert len(curves) >= 2  # header + at least one evaluation
+    report = (repo / "reports/report.html").read_text()
+    for method in ("prelar", "apv", "dreamerv2"):
+        assert method in report
+    assert "data:image/png;base64," in report
 
     # A second `dvc repro` finds everything up to date and runs nothing.
     again = _run([*dvc, "repro"], repo, env)

@@ -168,10 +168,9 @@ class Agent(nn.Module):
             action = policy.rsample() if explore else policy.mode()
         return action[0].float().cpu().numpy(), state
 
-    def update(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
-        """One world-model step (Eq. 11) and one actor-critic step from its posterior states."""
+    def update_world_model(self, batch: dict[str, np.ndarray]) -> tuple[dict[str, float], dict]:
+        """One world-model step (Eq. 11): (metrics, posterior states [B, T, ..]). Does not count an update."""
         cfg = self.cfg
-        t0 = time.perf_counter()
         data = {k: torch.from_numpy(v).to(self.device) for k, v in batch.items()}
         if self.model.frozen_params:  # encoder and RSSM at lr 0 for the first `freeze_updates` updates
             self.model_opt.param_groups[1]["lr"] = (
@@ -185,6 +184,12 @@ class Agent(nn.Module):
         params = [p for g in self.model_opt.param_groups for p in g["params"]]
         metrics["grad_norm"] = float(nn.utils.clip_grad_norm_(params, cfg.model_grad_clip))
         self.model_opt.step()
+        return metrics, start
+
+    def update(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
+        """One world-model step (Eq. 11) and one actor-critic step from its posterior states."""
+        t0 = time.perf_counter()
+        metrics, start = self.update_world_model(batch)
         device.synchronize(self.device)
         metrics = {f"model/{k}": v for k, v in metrics.items()}
         metrics["time/world_model_s"] = time.perf_counter() - t0

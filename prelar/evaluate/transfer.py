@@ -120,21 +120,8 @@ def copy_last_mse(batch: dict[str, np.ndarray]) -> torch.Tensor:
 
 
 def world_model_update(agent: Agent, batch: dict[str, np.ndarray]) -> dict[str, float]:
-    """One world-model step (Eq. 11), as the first half of `Agent.update` (no actor-critic here)."""
-    cfg = agent.cfg
-    data = {k: torch.from_numpy(v).to(agent.device) for k, v in batch.items()}
-    if agent.model.frozen_params:  # encoder and RSSM at lr 0 for the first `freeze_updates` updates
-        agent.model_opt.param_groups[1]["lr"] = (
-            0.0 if int(agent.updates) < cfg.freeze_updates else cfg.model_lr
-        )
-    agent.model.train()
-    with agent.autocast():
-        loss, metrics, _ = agent.model.loss(data)
-    agent.model_opt.zero_grad(set_to_none=True)
-    loss.backward()
-    params = [p for g in agent.model_opt.param_groups for p in g["params"]]
-    metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.model_grad_clip))
-    agent.model_opt.step()
+    """One world-model step (Eq. 11), the first half of `Agent.update` (no actor-critic here)."""
+    metrics, _ = agent.update_world_model(batch)
     agent.updates.add_(1)
     return metrics
 
