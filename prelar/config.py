@@ -233,7 +233,7 @@ class Evaluate(_Section):
     min_holdout_episodes: int = 8  # the probe uses held-out clips if they hold this many episodes, else all
     probe_clips: PositiveInt = 96  # clips with true actions (each one episode and camera)
     probe_test_fraction: float = Field(0.3, gt=0, lt=1)  # episodes the ridge probe is scored on
-    probe_alpha: float = 1.0  # ridge penalty
+    probe_alpha: float | None = None  # ridge penalty; None: chosen by cross-validation over fit episodes
     controllability_windows: PositiveInt = 24  # held-out windows of CONTEXT + HORIZON frames (several a clip)
     transfer_tasks: list[str] = ["drawer-open-v3"]  # downstream tasks: never in data.metaworld.tasks
     transfer_episodes: PositiveInt = 8  # per task, noisy scripted expert, true actions and rewards

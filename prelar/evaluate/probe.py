@@ -1,6 +1,7 @@
 """Latent-action probe: how much of the true action the inferred latent action carries.
 
-For clips that record their actions (the Meta-world source), a ridge regression (standardised inputs) maps
+For clips that record their actions (the Meta-world source), a ridge regression (standardised inputs, its
+penalty chosen by cross-validation over the fit episodes) maps
 the latent-action mean of q(ã_t | o_t, o_{t+1}) (PreLAR Eq. 3) to the true 4-d action a_t. It is fit on some
 episodes and scored (R²) on the others: the split is by episode (the cameras of one episode share its
 actions), never by frame. The same probe on the inverse dynamics encoder of an untrained model (fresh
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 from sklearn.linear_model import Ridge
 from sklearn.metrics import r2_score
+from sklearn.model_selection import GridSearchCV, GroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
@@ -54,19 +56,36 @@ def latent_action_features(model: nn.Module, clips: list[Clip]) -> list[np.ndarr
     return features
 
 
+ALPHAS = tuple(float(a) for a in np.logspace(-2, 5, 8))  # ridge penalties tried when `alpha` is None
+
+
 def ridge_r2(
     features: list[np.ndarray],
     actions: list[np.ndarray],
     fit_idx: list[int],
     test_idx: list[int],
-    alpha: float,
+    alpha: float | None = None,
 ) -> tuple[float, list[float]]:
-    """Standardised ridge fit on clips `fit_idx`, scored on clips `test_idx`: (mean R², R² per dimension)."""
+    """Standardised ridge fit on clips `fit_idx`, scored on clips `test_idx`: (mean R², R² per dimension).
+
+    alpha None: the penalty is chosen from `ALPHAS` by cross-validation over the fit clips, grouped by clip
+    (frames of one clip never sit on both sides of a fold). Standardising near-constant latent dimensions
+    (a latent action squeezed onto its N(0, I) prior) blows up their noise; a fixed small penalty then
+    overfits and scores far below 0 on new episodes, where the chosen penalty shrinks towards R² ≈ 0.
+    """
     x_fit = np.concatenate([features[i] for i in fit_idx])
     y_fit = np.concatenate([actions[i] for i in fit_idx])
     x_test = np.concatenate([features[i] for i in test_idx])
     y_test = np.concatenate([actions[i] for i in test_idx])
-    probe = make_pipeline(StandardScaler(), Ridge(alpha=alpha)).fit(x_fit, y_fit)
+    probe = make_pipeline(StandardScaler(), Ridge(alpha=1.0 if alpha is None else alpha))
+    if alpha is None and len(fit_idx) >= 2:
+        groups = np.concatenate([np.full(len(features[i]), i) for i in fit_idx])
+        search = GridSearchCV(
+            probe, {"ridge__alpha": ALPHAS}, cv=GroupKFold(n_splits=min(5, len(fit_idx))), scoring="r2"
+        )
+        probe = search.fit(x_fit, y_fit, groups=groups).best_estimator_
+    else:
+        probe.fit(x_fit, y_fit)
     pred = probe.predict(x_test)
     return float(r2_score(y_test, pred)), [float(v) for v in r2_score(y_test, pred, multioutput="raw_values")]
 
@@ -80,7 +99,12 @@ def untrained_like(model: nn.Module, seed: int) -> nn.Module:
 
 
 def latent_action_probe(
-    model: nn.Module, clips: list[Clip], *, seed: int = 0, test_fraction: float = 0.3, alpha: float = 1.0
+    model: nn.Module,
+    clips: list[Clip],
+    *,
+    seed: int = 0,
+    test_fraction: float = 0.3,
+    alpha: float | None = None,
 ) -> dict[str, Any]:
     """R² of a ridge probe latent action → true action on held-out episodes, trained and untrained.
 
