@@ -1,6 +1,8 @@
 # The two commands of the README. Both set up a fresh machine first (idempotent).
 export MUJOCO_GL ?= egl
 export PYTHONHASHSEED = 0
+# DVC stages call the `prelar` command of the project's virtual environment.
+export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
 .PHONY: setup run test bench lint
 setup:
