@@ -4,7 +4,7 @@ export PYTHONHASHSEED = 0
 # DVC stages call the `prelar` command of the project's virtual environment.
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: setup run test bench lint
+.PHONY: setup run test bench
 setup:
 	bash scripts/setup.sh
 
