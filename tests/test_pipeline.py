@@ -81,5 +81,5 @@ def test_dvc_repro_tiny_profile(tiny_repo):
     # A second `dvc repro` finds everything up to date and runs nothing.
     again = _run([*dvc, "repro"], repo, env)
     assert "Running stage" not in again.stdout, again.stdout
-    status = _run([*dvc, "status"], repo, env)
+    status = _run([*dvc, "status", "dvc.yaml"], repo, env)  # the default pipeline (not external/)
     assert "up to date" in status.stdout.lower(), status.stdout
