@@ -35,8 +35,8 @@ class MetaworldSource(_Section):
 
     tasks: list[str] | Literal["all"] = "all"  # "all": every MT1 task except `exclude`
     exclude: list[str] = list(DOWNSTREAM_TASKS)
-    episodes_per_task: int = 4
-    max_steps: int = 150  # frames per episode = max_steps + 1
+    episodes_per_task: int = 2
+    max_steps: int = 100  # frames per episode = max_steps + 1
     cameras: list[str] = ["corner"]
     action_noise: float = 0.1  # std of Gaussian noise added to the expert's action (then clipped to [-1, 1])
     seed: int = 0
@@ -86,9 +86,9 @@ class Data(_Section):
 class Loader(_Section):
     """Training segments streamed from shards."""
 
-    segment_length: int = 25
+    segment_length: int = 16
     batch_size: int = 16
-    workers: int = 2
+    workers: int = 0
     shuffle_buffer: int = 256
     holdout_fraction: float = 0.1  # clips (by hash of id) kept out of training for evaluation
 
@@ -119,15 +119,15 @@ class Model(_Section):
 class Pretrain(_Section):
     """World-model pre-training on action-free video segments."""
 
-    steps: int = 3000
+    steps: int = 400
     lr: float = 3e-4
     eps: float = 1e-5
     grad_clip: float = 100.0
     precision: Literal["bf16", "fp32"] = "bf16"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     compile: bool = False
-    log_every: int = 50
-    checkpoint_every: int = 250  # also where the data stream reseeds (exact resume)
+    log_every: int = 20
+    checkpoint_every: int = 100  # also where the data stream reseeds (exact resume)
     eval_clips: int = 16  # held-out clips for open-loop prediction at the end (0: skip)
     probe_clips: int = 64  # clips with true actions for the latent-action probe at the end (0: skip)
     out: str = "runs/pretrain"  # a variant's run folder is <out>/<variant>
@@ -186,15 +186,15 @@ class Finetune(_Section):
     task: str = "drawer-open-v3"
     seed: int = 0
     pretrained: str | None = None  # checkpoint of `prelar pretrain` (every method but dreamerv2 needs one)
-    env_steps: int = 3000
+    env_steps: int = 800
     max_episode_steps: int = 100  # Meta-world's limit: 500 (an episode has max_episode_steps + 1 frames)
     camera: str = "corner"
     fast_render: bool = True
-    eval_every: int = 1000
+    eval_every: int = 400
     eval_episodes: int = 2
     replay_capacity: int = 100_000  # steps (paper: 1e6, 12.3 GB of frames)
-    prefill: int = 500  # random-action steps before the first update (paper: 5000)
-    pretrain_updates: int = 100  # updates right after the prefill (DreamerV2/APV `pretrain`)
+    prefill: int = 400  # random-action steps before the first update (paper: 5000)
+    pretrain_updates: int = 40  # updates right after the prefill (DreamerV2/APV `pretrain`)
     train_every: int = 5  # env steps per update
     batch_size: int = 8  # segments per update (paper: 50)
     segment_length: int = 50
@@ -206,7 +206,7 @@ class Finetune(_Section):
     action_encoder_units: int = 256  # (paper: 1024)
     reward_layers: int = 2  # reward heads (paper: 4)
     reward_units: int = 128  # (paper: 400)
-    precision: Literal["bf16", "fp32"] = "fp32"
+    precision: Literal["bf16", "fp32"] = "bf16"
     device: str = "auto"
     checkpoint_every: int = 1000  # env steps; saved at the next episode end
     log_every: int = 500  # env steps
