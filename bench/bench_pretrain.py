@@ -67,7 +67,7 @@ def child(size: str, precision: str, steps: int) -> dict:
     from prelar import config, device, pretrain
 
     params = config.load(REPO / "params.yaml", profile=size)
-    params = pretrain.override(params, [f"pretrain.precision={precision}", "pretrain.device=cpu"])
+    params = config.override(params, [f"pretrain.precision={precision}", "pretrain.device=cpu"])
     dist = device.setup("cpu")
     model, optimizer = pretrain.build(params, dist)
     objective = pretrain.objective_of(model, params, dist)

@@ -16,6 +16,17 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", default=None, help="profile of the parameter file (default: its `profile`)")
 
 
+def add_set_option(parser: argparse.ArgumentParser, example: str) -> None:
+    """`--set KEY=VALUE` (repeatable): override any parameter; applied with `config.override`."""
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override a parameter, e.g. --set {example} (repeatable; VALUE is YAML)",
+    )
+
+
 # Subcommands implemented in their own modules: each module defines
 #   add_arguments(parser: argparse.ArgumentParser) -> None  and  run(params: config.Params, args) -> int
 # (imported lazily, so that `prelar ingest` does not pay for torch).

@@ -323,3 +323,25 @@ def load(path: str | Path = "params.yaml", profile: str | None = None) -> Params
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     return resolve(raw, profile=profile, source=str(path))
+
+
+def override(params: Params, assignments: list[str]) -> Params:
+    """Apply `section.key=value` overrides (values parsed as YAML) and validate again."""
+    raw = params.model_dump()
+    for item in assignments:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. model.action_free=true")
+        *parents, leaf = key.split(".")
+        node = raw
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                raise ConfigError(f"--set {item!r}: '{part}' is not a parameter section")
+            node = node[part]
+        if leaf not in node:
+            raise ConfigError(f"--set {item!r}: unknown parameter '{key}'")
+        node[leaf] = yaml.safe_load(value)
+    try:
+        return Params.model_validate(raw)
+    except Exception as err:
+        raise ConfigError(f"--set: invalid value: {err}") from None

@@ -30,11 +30,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as torch_dist
-import yaml
 from torch import nn
 from tqdm import tqdm
 
 from prelar import checkpoint, config, device, tracking
+from prelar.cli import add_set_option
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.json"
@@ -59,35 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None, help="gradient steps in total (pretrain.steps)")
     parser.add_argument("--run-name", default=None, help="MLflow run name (default: the variant)")
     parser.add_argument("--metrics", default=None, help="also write the final metrics JSON here (for DVC)")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a parameter, e.g. --set model.action_free=true (repeatable; VALUE is YAML)",
-    )
-
-
-def override(params: config.Params, assignments: list[str]) -> config.Params:
-    """Apply `section.key=value` overrides (values parsed as YAML) and validate again."""
-    raw = params.model_dump()
-    for item in assignments:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise config.ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. model.action_free=true")
-        *parents, leaf = key.split(".")
-        node = raw
-        for part in parents:
-            if not isinstance(node.get(part), dict):
-                raise config.ConfigError(f"--set {item!r}: '{part}' is not a parameter section")
-            node = node[part]
-        if leaf not in node:
-            raise config.ConfigError(f"--set {item!r}: unknown parameter '{key}'")
-        node[leaf] = yaml.safe_load(value)
-    try:
-        return config.Params.model_validate(raw)
-    except Exception as err:
-        raise config.ConfigError(f"--set: invalid value: {err}") from None
+    add_set_option(parser, "model.action_free=true")
 
 
 def variant_params(params: config.Params, variant: str) -> config.Params:
@@ -98,7 +70,7 @@ def variant_params(params: config.Params, variant: str) -> config.Params:
             f"--variant {variant!r}: not in pretrain.variants; choose one of {sorted(variants)} "
             "or add it to params.yaml"
         )
-    return override(params, [f"model.{k}={json.dumps(v)}" for k, v in variants[variant].items()])
+    return config.override(params, [f"model.{k}={json.dumps(v)}" for k, v in variants[variant].items()])
 
 
 def run(params: config.Params, args: argparse.Namespace) -> int:
@@ -106,7 +78,7 @@ def run(params: config.Params, args: argparse.Namespace) -> int:
     sets = list(args.set)
     if args.steps is not None:
         sets.append(f"pretrain.steps={args.steps}")
-    params = override(params, sets)
+    params = config.override(params, sets)
     out = Path(args.out or Path(params.pretrain.out) / args.variant)
     shards = args.shards or [params.data.metaworld.out]
     try:

@@ -35,7 +35,7 @@ def work(tmp_path_factory) -> dict:
     uri = f"sqlite:///{root / 'mlflow.db'}"
     params = tiny_params(uri, steps=2)
     pretrain.pretrain(params, root / "shards", root / "prelar")
-    pretrain.pretrain(pretrain.override(params, ["model.action_free=true"]), root / "shards", root / "apv")
+    pretrain.pretrain(config.override(params, ["model.action_free=true"]), root / "shards", root / "apv")
     return {"root": root, "uri": uri}
 
 

@@ -225,11 +225,11 @@ def test_cli_end_to_end_writes_metrics_figures_and_an_mlflow_run(shards, trackin
 
 def test_set_rejects_unknown_keys_and_bad_values():
     params = config.resolve({})
-    assert pretrain.override(params, ["model.deter=64"]).model.deter == 64
+    assert config.override(params, ["model.deter=64"]).model.deter == 64
     with pytest.raises(config.ConfigError, match="unknown parameter 'model.detr'"):
-        pretrain.override(params, ["model.detr=64"])
+        config.override(params, ["model.detr=64"])
     with pytest.raises(config.ConfigError, match="invalid value"):
-        pretrain.override(params, ["pretrain.precision=fp16"])
+        config.override(params, ["pretrain.precision=fp16"])
 
 
 def test_tracking_uri_is_made_absolute_against_the_working_directory(tmp_path):

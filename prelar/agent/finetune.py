@@ -37,6 +37,7 @@ from prelar import checkpoint, config, device, tracking
 from prelar.agent.behavior import ActorCritic
 from prelar.agent.model import ACTION_DIM, METHODS, FinetuneModel, load_pretrained
 from prelar.agent.replay import Episode, Replay
+from prelar.cli import add_set_option
 from prelar.world_model import WorldModel, evaluating
 
 CHECKPOINT = "checkpoint.pt"
@@ -72,18 +73,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", default=None, help="run folder (default: finetune.out/<method>/<task>/seed<N>)"
     )
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a parameter, e.g. --set finetune.batch_size=16 (repeatable; VALUE is YAML)",
-    )
+    add_set_option(parser, "finetune.batch_size=16")
 
 
 def run(params: config.Params, args: argparse.Namespace) -> int:
-    from prelar.pretrain import override
-
     named = {
         "method": args.method,
         "task": args.task,
@@ -92,11 +85,11 @@ def run(params: config.Params, args: argparse.Namespace) -> int:
         "env_steps": args.env_steps,
     }
     sets = [f"finetune.{k}={json.dumps(v)}" for k, v in named.items() if v is not None] + list(args.set)
-    params = override(params, sets)
+    params = config.override(params, sets)
     spec = METHODS.get(params.finetune.method)
     if params.finetune.pretrained is None and spec is not None and spec.pretrained:
         default = Path(params.pretrain.out) / spec.variant / "checkpoint.pt"
-        params = override(params, [f"finetune.pretrained={json.dumps(str(default))}"])
+        params = config.override(params, [f"finetune.pretrained={json.dumps(str(default))}"])
     finetune(params, args.out)
     return 0
 

@@ -267,6 +267,15 @@ def _curve_tensor(curves: pd.DataFrame, tasks: list[str]) -> tuple[np.ndarray, n
     return steps, tensor
 
 
+
+def _band_rows(steps, est: np.ndarray, statistic: str, **keys) -> list[dict]:
+    """Rows {env_step, **keys, statistic, low, high} of a [3, steps] estimate, skipping steps without one."""
+    return [
+        {"env_step": int(step), **keys, statistic: est[0, k], "low": est[1, k], "high": est[2, k]}
+        for k, step in enumerate(steps)
+        if np.isfinite(est[0, k])
+    ]
+
 def summarize(curves: pd.DataFrame, reps: int, seed: int, confidence: float) -> dict[str, pd.DataFrame]:
     """Aggregate table, aggregate IQM curves and per-task mean curves, each with stratified-bootstrap CIs."""
     summary, agg_rows, task_rows = [], [], []
@@ -293,32 +302,10 @@ def summarize(curves: pd.DataFrame, reps: int, seed: int, confidence: float) -> 
         )
         steps, tensor = _curve_tensor(part, tasks)
         est = aggregate_curve(tensor, "iqm", reps, seed, confidence)  # [3, steps]
-        for k, step in enumerate(steps):
-            if np.isfinite(est[0, k]):
-                agg_rows.append(
-                    {
-                        "env_step": int(step),
-                        "method": method,
-                        "source": source,
-                        "iqm": est[0, k],
-                        "low": est[1, k],
-                        "high": est[2, k],
-                    }
-                )
+        agg_rows += _band_rows(steps, est, "iqm", method=method, source=source)
         for j, task in enumerate(tasks):
             est = aggregate_curve(tensor[:, j : j + 1], "mean", reps, seed, confidence)
-            for k, step in enumerate(steps):
-                if np.isfinite(est[0, k]):
-                    task_rows.append(
-                        {
-                            "env_step": int(step),
-                            "method": method,
-                            "task": task,
-                            "mean": est[0, k],
-                            "low": est[1, k],
-                            "high": est[2, k],
-                        }
-                    )
+            task_rows += _band_rows(steps, est, "mean", method=method, task=task)
     return {
         "summary": pd.DataFrame(summary, columns=_SUMMARY_COLUMNS),
         "aggregate_curve": pd.DataFrame(

@@ -34,6 +34,7 @@ import pandas as pd
 import torch
 
 from prelar import config, device, tracking
+from prelar.cli import add_set_option
 from prelar.data.clip import Clip
 
 STAGES = ("probe", "controllability", "transfer-data", "transfer")
@@ -80,20 +81,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default_out = "evaluate.transfer_data" if what == "transfer-data" else f"evaluate.out/{what}"
         p.add_argument("--out", default=None, help=f"output folder ({default_out})")
         p.add_argument("--metrics", default=None, help="also write the metrics JSON here (for DVC)")
-        p.add_argument(
-            "--set",
-            action="append",
-            default=[],
-            metavar="KEY=VALUE",
-            help="override a parameter, e.g. --set evaluate.seeds=[0,1] (repeatable; VALUE is YAML)",
-        )
+        add_set_option(p, "evaluate.seeds=[0,1]")
 
 
 def run(params: config.Params, args: argparse.Namespace) -> int:
     from prelar.data.ingest import IngestError
-    from prelar.pretrain import override
-
-    params = override(params, args.set)
+    params = config.override(params, args.set)
     cfg = params.evaluate
     if args.what == "transfer-data":
         try:
