@@ -267,7 +267,6 @@ def _curve_tensor(curves: pd.DataFrame, tasks: list[str]) -> tuple[np.ndarray, n
     return steps, tensor
 
 
-
 def _band_rows(steps, est: np.ndarray, statistic: str, **keys) -> list[dict]:
     """Rows {env_step, **keys, statistic, low, high} of a [3, steps] estimate, skipping steps without one."""
     return [
