@@ -33,6 +33,27 @@ from prelar.world_model import WorldModel
 FRAME_FLOOR = 64 * 64 * 3  # bytes of one uint8 frame
 
 
+def time_updates(
+    agent: Agent, replay: Replay, batch_size: int, updates: int, rng: np.random.Generator
+) -> dict[str, float]:
+    """Mean seconds of `updates` updates (after one warm-up) on segments sampled from `replay`, and the share
+    of each phase: world model (Eq. 11), imagination, actor-critic (the agent times them, synchronised)."""
+    agent.update(replay.sample(batch_size, rng))  # warm-up
+    times: dict[str, list[float]] = {}
+    for _ in range(updates):
+        for k, v in agent.update(replay.sample(batch_size, rng)).items():
+            if k.startswith("time/"):
+                times.setdefault(k, []).append(v)
+    mean = {k: float(np.mean(v)) for k, v in times.items()}
+    update = mean["time/update_s"]
+    return {
+        "update_s": update,
+        "share_world_model": mean["time/world_model_s"] / update,
+        "share_imagination": mean["time/imagine_s"] / update,
+        "share_actor_critic": mean["time/actor_critic_s"] / update,
+    }
+
+
 def bench_size(params: config.Params, steps: int, updates: int) -> dict[str, float]:
     cfg = params.finetune.model_copy(
         update={"method": "prelar", "max_episode_steps": max(steps, params.finetune.segment_length)}
@@ -59,27 +80,16 @@ def bench_size(params: config.Params, steps: int, updates: int) -> dict[str, flo
     replay.add(collector.episode(), persist=False)
     collector.close()
 
-    rng = np.random.default_rng(0)
-    agent.update(replay.sample(cfg.batch_size, rng))  # warm-up
-    times: dict[str, list[float]] = {}
-    for _ in range(updates):
-        for k, v in agent.update(replay.sample(cfg.batch_size, rng)).items():
-            if k.startswith("time/"):
-                times.setdefault(k, []).append(v)
-    mean = {k: float(np.mean(v)) for k, v in times.items()}
-    update = mean["time/update_s"]
+    timed = time_updates(agent, replay, cfg.batch_size, updates, np.random.default_rng(0))
     return {
         "params_world_model_M": sum(p.numel() for p in agent.model.parameters()) / 1e6,
         "params_actor_critic_M": sum(p.numel() for p in agent.behavior.parameters()) / 1e6,
         "batch": f"{cfg.batch_size}x{cfg.segment_length}",
         "env_steps_per_s": 1.0 / acting,
         "render_share_of_env_step": render / acting,
-        "update_s": update,
-        "share_world_model": mean["time/world_model_s"] / update,
-        "share_imagination": mean["time/imagine_s"] / update,
-        "share_actor_critic": mean["time/actor_critic_s"] / update,
+        **timed,
         # One update every train_every steps: env steps/s of the whole loop (acting + training).
-        "loop_env_steps_per_s": cfg.train_every / (cfg.train_every * acting + update),
+        "loop_env_steps_per_s": cfg.train_every / (cfg.train_every * acting + timed["update_s"]),
         "replay_bytes_per_step": replay.nbytes / replay.steps,
         "replay_overhead_vs_frame": replay.nbytes / replay.steps / FRAME_FLOOR,
         "replay_capacity_GB": cfg.replay_capacity * replay.nbytes / replay.steps / 1e9,

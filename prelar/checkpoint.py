@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 FORMAT = 1
+FILENAME = "checkpoint.pt"  # a run folder's checkpoint (pre-training, fine-tuning)
 
 
 def rng_state() -> dict[str, Any]:

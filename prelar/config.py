@@ -1,19 +1,34 @@
-"""Typed configuration: the one place where every parameter of the pipeline is declared.
+"""Typed configuration: the one place where every parameter of the pipeline is declared, typed and checked.
 
-`params.yaml` (the file DVC tracks) is parsed into `Params`. A `profile` key selects a named block of
-overrides from `profiles:` (e.g. `paper` for the papers' values, `tiny` for the test suite), applied on top
-of the base values, so that one switch moves the whole pipeline between scales. Unknown keys and
-wrong types fail with a message naming the key and the file.
+The defaults here are the values code uses: `Params()` is the whole configuration of profile `cpu`, and
+`prelar` run outside a repository uses it. `params.yaml` (the file DVC tracks and `dvc exp run -S` edits)
+holds the same base values, written out so that DVC can track them; tests/test_config.py proves the two
+equal, key for key, so change a default in both. A `profile` key selects a named block of overrides from
+`profiles:` (e.g. `paper` for the papers' values, `tiny` for the test suite), applied on top of the base
+values, so that one switch moves the whole pipeline between scales. Unknown keys and wrong types fail
+with a message naming the key and the file. Method and pre-training variant names are checked against
+the registry in `prelar.methods`.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+)
+
+from prelar import methods as registry
 
 # The six downstream tasks of the PreLAR paper: pre-training must never see them.
 DOWNSTREAM_TASKS = (
@@ -24,6 +39,11 @@ DOWNSTREAM_TASKS = (
     "reach-v3",
     "dial-turn-v3",
 )
+
+
+# auto: bf16 where the device computes it natively (CUDA with bf16, CPUs with AMX or AVX-512 BF16), fp32
+# elsewhere (bf16 is emulated on AVX2-only CPUs, ~80x slower); see `prelar.device.choose_precision`.
+Precision = Literal["auto", "bf16", "fp32"]
 
 
 class _Section(BaseModel):
@@ -96,10 +116,10 @@ class Loader(_Section):
 class Model(_Section):
     """World model sizes and the switches that select PreLAR, its ablations and APV's action-free model."""
 
-    cnn_width: int = 32  # channels of the first ResNet stage (ContextWM / paper: 48)
+    cnn_width: int = 16  # channels of the first ResNet stage (ContextWM / paper: 48)
     resnet_norm: Literal["batch", "none"] = "batch"  # norm in the ResNets' residual layers (ContextWM: batch)
-    deter: int = 512  # GRU deterministic state (paper: 1024)
-    hidden: int = 512  # MLP width inside the RSSM (paper: 1024)
+    deter: int = 256  # GRU deterministic state (paper: 1024)
+    hidden: int = 256  # MLP width inside the RSSM (paper: 1024)
     stoch: int = 32  # number of categorical variables
     classes: int = 32  # classes per categorical variable
     latent_action_dim: int = 64
@@ -119,26 +139,43 @@ class Model(_Section):
 class Pretrain(_Section):
     """World-model pre-training on action-free video segments."""
 
-    steps: int = 400
+    steps: int = 200
     lr: float = 3e-4
     eps: float = 1e-5
     grad_clip: float = 100.0
-    precision: Literal["bf16", "fp32"] = "bf16"
+    precision: Precision = "auto"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     compile: bool = False
     log_every: int = 20
     checkpoint_every: int = 100  # also where the data stream reseeds (exact resume)
     eval_clips: int = 16  # held-out clips for open-loop prediction at the end (0: skip)
-    probe_clips: int = 64  # clips with true actions for the latent-action probe at the end (0: skip)
+    probe: bool = True  # the latent-action probe at the end, on the probe stage's clips (evaluate.probe_*)
     out: str = "runs/pretrain"  # a variant's run folder is <out>/<variant>
-    # Named pre-trained models: variant -> `model` switches applied on top of `model:`. The method names
-    # match `finetune.method` (apv fine-tunes the action-free model; naive_ft reuses it too).
+    # The variants the DVC `pretrain` stage pre-trains (its `foreach`), each with `model` values applied on
+    # top of `model:`. What defines a variant (e.g. apv: action_free) is registered in prelar/methods.py,
+    # which `prelar pretrain --variant` applies first; values here may add to it, never contradict it.
     variants: dict[str, dict[str, bool | float]] = {
         "prelar": {},
         "prelar_no_cl": {"use_consistency": False},
         "prelar_no_cl_al": {"use_consistency": False, "use_action_kl": False},
         "apv": {"action_free": True},
     }
+
+    @field_validator("variants")
+    @classmethod
+    def _registered_variants(cls, variants: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for name, values in variants.items():
+            defined = registry.variant(name).model
+            unknown = sorted(set(values) - set(Model.model_fields))
+            if unknown:
+                raise ValueError(f"'{name}': {unknown} are not `model` parameters")
+            clash = {k: v for k, v in values.items() if k in defined and defined[k] != v}
+            if clash:
+                raise ValueError(
+                    f"'{name}' sets {clash}, but prelar/methods.py defines it by {dict(defined)}; "
+                    "register a new variant there instead"
+                )
+        return variants
 
 
 class Bonus(_Section):
@@ -171,18 +208,26 @@ class Behavior(_Section):
 
 
 class FinetuneMatrix(_Section):
-    """The runs of the DVC `finetune` stage (method x task x seed). DVC reads these lists straight from
-    params.yaml (templating), so profiles cannot change them: edit them here."""
+    """The runs of the DVC `finetune` stage (method x task x seed). DVC's templating reads these lists
+    from params.yaml's base values, never through a profile: to change the runs, edit them in
+    params.yaml (`finetune.matrix`), and here too, where they are only the typed defaults."""
 
     methods: list[str] = ["prelar", "apv", "dreamerv2"]
     tasks: list[str] = ["drawer-open-v3"]
     seeds: list[int] = [0]
 
+    @field_validator("methods")
+    @classmethod
+    def _registered_methods(cls, names: list[str]) -> list[str]:
+        for name in names:
+            registry.method(name)
+        return names
+
 
 class Finetune(_Section):
     """Fine-tuning and behaviour learning on Meta-world (one `method` switch for every baseline)."""
 
-    method: Literal["dreamerv2", "apv", "prelar", "prelar_no_cl", "prelar_no_cl_al", "naive_ft"] = "prelar"
+    method: str = "prelar"  # a method of prelar/methods.py
     task: str = "drawer-open-v3"
     seed: int = 0
     pretrained: str | None = None  # checkpoint of `prelar pretrain` (every method but dreamerv2 needs one)
@@ -194,8 +239,8 @@ class Finetune(_Section):
     eval_episodes: int = 2
     replay_capacity: int = 100_000  # steps (paper: 1e6, 12.3 GB of frames)
     prefill: int = 400  # random-action steps before the first update (paper: 5000)
-    pretrain_updates: int = 40  # updates right after the prefill (DreamerV2/APV `pretrain`)
-    train_every: int = 5  # env steps per update
+    pretrain_updates: int = 20  # updates right after the prefill (DreamerV2/APV `pretrain`)
+    train_every: int = 10  # env steps per update
     batch_size: int = 8  # segments per update (paper: 50)
     segment_length: int = 50
     model_lr: float = 3e-4
@@ -206,7 +251,7 @@ class Finetune(_Section):
     action_encoder_units: int = 256  # (paper: 1024)
     reward_layers: int = 2  # reward heads (paper: 4)
     reward_units: int = 128  # (paper: 400)
-    precision: Literal["bf16", "fp32"] = "bf16"
+    precision: Precision = "auto"
     device: str = "auto"
     checkpoint_every: int = 1000  # env steps; saved at the next episode end
     log_every: int = 500  # env steps
@@ -215,6 +260,12 @@ class Finetune(_Section):
     behavior: Behavior = Behavior()
     matrix: FinetuneMatrix = FinetuneMatrix()
     out: str = "runs/finetune"
+
+    @field_validator("method")
+    @classmethod
+    def _registered_method(cls, name: str) -> str:
+        registry.method(name)
+        return name
 
 
 class Evaluate(_Section):
@@ -229,24 +280,32 @@ class Evaluate(_Section):
 
     seeds: list[int] = Field([0], min_length=1)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: Literal["bf16", "fp32"] = "bf16"  # autocast of every forward (and the transfer's updates)
+    precision: Precision = "auto"  # autocast of every forward (and the transfer's updates)
+    context: PositiveInt = 5  # open-loop prediction: frames observed before the prior imagines
+    horizon: PositiveInt = 20  # open-loop prediction: frames imagined after the context
     min_holdout_episodes: int = 8  # the probe uses held-out clips if they hold this many episodes, else all
     probe_clips: PositiveInt = 96  # clips with true actions (each one episode and camera)
     probe_test_fraction: float = Field(0.3, gt=0, lt=1)  # episodes the ridge probe is scored on
     probe_alpha: float | None = None  # ridge penalty; None: chosen by cross-validation over fit episodes
-    controllability_windows: PositiveInt = 24  # held-out windows of CONTEXT + HORIZON frames (several a clip)
+    probe_alphas: list[float] = Field([1e-2, 1e-1, 1.0, 1e1, 1e2, 1e3, 1e4, 1e5], min_length=1)  # the choices
+    controllability_windows: PositiveInt = 24  # held-out windows of context + horizon frames (several a clip)
     transfer_tasks: list[str] = ["drawer-open-v3"]  # downstream tasks: never in data.metaworld.tasks
     transfer_episodes: PositiveInt = 8  # per task, noisy scripted expert, true actions and rewards
     transfer_max_steps: int = 100  # frames per episode = transfer_max_steps + 1
     transfer_action_noise: float = 0.3
     transfer_seed: int = 1
     transfer_data: str = "datasets/shards/downstream"
-    transfer_updates: list[NonNegativeInt] = Field([0, 25, 50, 100, 150], min_length=1)  # K: after K updates
+    transfer_updates: list[NonNegativeInt] = Field([0, 50, 100, 150], min_length=1)  # K: after K updates
     transfer_batch_size: PositiveInt = 8  # segments per update
     transfer_segment_length: int = 25
     transfer_test_fraction: float = Field(0.25, gt=0, lt=1)  # episodes held out of fine-tuning, scored
-    transfer_eval_windows: PositiveInt = 16  # windows of CONTEXT + HORIZON frames scored per split
+    transfer_eval_windows: PositiveInt = 16  # windows of context + horizon frames scored per split
     out: str = "runs/evaluate"
+
+    @property
+    def window(self) -> int:
+        """Frames of one open-loop window: `context` observed + `horizon` imagined."""
+        return self.context + self.horizon
 
 
 class Report(_Section):
@@ -303,14 +362,16 @@ def resolve(raw: dict[str, Any], profile: str | None = None, source: str = "para
         )
     merged = _merge(raw, profiles.get(name, {}))
     merged["profile"] = name
+    return _validate(merged, f"{source}: invalid parameters")
+
+
+def _validate(raw: dict[str, Any], what: str) -> Params:
+    """`Params` from a dict; a ConfigError listing every bad key (`what`: the message's start)."""
     try:
-        return Params.model_validate(merged)
+        return Params.model_validate(raw)
     except ValidationError as err:
-        lines = []
-        for e in err.errors():
-            loc = ".".join(str(p) for p in e["loc"])
-            lines.append(f"  {loc}: {e['msg']}")
-        raise ConfigError(f"{source}: invalid parameters (fix these keys):\n" + "\n".join(lines)) from None
+        lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()]
+        raise ConfigError(f"{what} (fix these keys):\n" + "\n".join(lines)) from None
 
 
 def load(path: str | Path = "params.yaml", profile: str | None = None) -> Params:
@@ -325,23 +386,22 @@ def load(path: str | Path = "params.yaml", profile: str | None = None) -> Params
     return resolve(raw, profile=profile, source=str(path))
 
 
-def override(params: Params, assignments: list[str]) -> Params:
-    """Apply `section.key=value` overrides (values parsed as YAML) and validate again."""
+def override(params: Params, updates: Mapping[str, Any]) -> Params:
+    """`params` with typed updates applied, validated again: {"model.deter": 1024, "data.ssv2.src": "/v"}.
+
+    A dotted key names one parameter (a value for a section, e.g. {"finetune.bonus": {"k": 8}}, updates
+    the keys it names). Values are not parsed: the CLI parses `--set KEY=VALUE` once, at its boundary.
+    """
     raw = params.model_dump()
-    for item in assignments:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. model.action_free=true")
+    for key, value in updates.items():
         *parents, leaf = key.split(".")
         node = raw
-        for part in parents:
+        for i, part in enumerate(parents):
             if not isinstance(node.get(part), dict):
-                raise ConfigError(f"--set {item!r}: '{part}' is not a parameter section")
+                raise ConfigError(f"{key}: '{'.'.join(parents[: i + 1])}' is not a parameter section")
             node = node[part]
         if leaf not in node:
-            raise ConfigError(f"--set {item!r}: unknown parameter '{key}'")
-        node[leaf] = yaml.safe_load(value)
-    try:
-        return Params.model_validate(raw)
-    except Exception as err:
-        raise ConfigError(f"--set: invalid value: {err}") from None
+            raise ConfigError(f"{key}: unknown parameter '{key}'")
+        is_section = isinstance(value, Mapping) and isinstance(node[leaf], dict)
+        node[leaf] = _merge(node[leaf], dict(value)) if is_section else copy.deepcopy(value)
+    return _validate(raw, "invalid value")

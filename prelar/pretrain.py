@@ -18,6 +18,7 @@ the last good checkpoint stays as it was.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -33,11 +34,8 @@ import torch.distributed as torch_dist
 from torch import nn
 from tqdm import tqdm
 
-from prelar import checkpoint, config, device, tracking
-from prelar.cli import add_set_option
-
-CHECKPOINT = "checkpoint.pt"
-METRICS = "metrics.json"
+from prelar import checkpoint, config, device, methods, seeding, tracking
+from prelar import metrics as names
 
 
 class NonFiniteLossError(RuntimeError):
@@ -51,38 +49,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--variant",
         default="prelar",
-        help="pre-trained model, a key of pretrain.variants (prelar, prelar_no_cl, prelar_no_cl_al, apv)",
+        choices=list(methods.VARIANTS),
+        help="pre-trained model (prelar/methods.py; plus its values in pretrain.variants)",
     )
     parser.add_argument(
         "--out", default=None, help="run folder: checkpoint, metrics, figures (default: pretrain.out/VARIANT)"
     )
     parser.add_argument("--steps", type=int, default=None, help="gradient steps in total (pretrain.steps)")
-    parser.add_argument("--run-name", default=None, help="MLflow run name (default: the variant)")
+    parser.add_argument("--run-name", default=None, help="MLflow run name (default: pretrain/VARIANT)")
     parser.add_argument("--metrics", default=None, help="also write the final metrics JSON here (for DVC)")
-    add_set_option(parser, "model.action_free=true")
 
 
-def variant_params(params: config.Params, variant: str) -> config.Params:
-    """`params` with the model switches of a named pre-training variant (`pretrain.variants`)."""
-    variants = params.pretrain.variants
-    if variant not in variants:
-        raise config.ConfigError(
-            f"--variant {variant!r}: not in pretrain.variants; choose one of {sorted(variants)} "
-            "or add it to params.yaml"
-        )
-    return config.override(params, [f"model.{k}={json.dumps(v)}" for k, v in variants[variant].items()])
+def variant_updates(params: config.Params, variant: str) -> dict[str, Any]:
+    """The `model` values of a pre-training variant: its registered ones, then `pretrain.variants`'s."""
+    values = {**methods.variant(variant).model, **params.pretrain.variants.get(variant, {})}
+    return {f"model.{k}": v for k, v in values.items()}
+
+
+def updates(params: config.Params, args: argparse.Namespace) -> dict[str, Any]:
+    """The parameters `--variant` and `--steps` stand for (`--set` applies after them)."""
+    new = variant_updates(params, args.variant)
+    if args.steps is not None:
+        new["pretrain.steps"] = args.steps
+    return new
 
 
 def run(params: config.Params, args: argparse.Namespace) -> int:
-    params = variant_params(params, args.variant)
-    sets = list(args.set)
-    if args.steps is not None:
-        sets.append(f"pretrain.steps={args.steps}")
-    params = config.override(params, sets)
     out = Path(args.out or Path(params.pretrain.out) / args.variant)
     shards = args.shards or [params.data.metaworld.out]
     try:
-        result = pretrain(params, shards, out, run_name=args.run_name or args.variant, method=args.variant)
+        result = pretrain(params, shards, out, run_name=args.run_name, variant=args.variant)
     except NonFiniteLossError as err:
         print(f"prelar pretrain: {err}", file=sys.stderr)
         return 1
@@ -90,13 +86,6 @@ def run(params: config.Params, args: argparse.Namespace) -> int:
         Path(args.metrics).parent.mkdir(parents=True, exist_ok=True)
         Path(args.metrics).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     return 0
-
-
-def _seed(*parts: int) -> int:
-    """A 63-bit seed mixed from integers (seed, step, rank, ...)."""
-    return int(
-        np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint32).view(np.uint64)[0] >> 1
-    )
 
 
 def batches(shards, params: config.Params, dist: device.Dist, start_step: int) -> Iterator[torch.Tensor]:
@@ -111,7 +100,7 @@ def batches(shards, params: config.Params, dist: device.Dist, start_step: int) -
     step = start_step
     while True:
         chunk_start = step - step % every
-        seed = _seed(params.seed, chunk_start)
+        seed = seeding.mix(params.seed, chunk_start)
         loader = make_loader(shards, params.loader, rank=dist.rank, world_size=dist.world_size, seed=seed)
         stream = iter(loader)  # endless
         for _ in range(step - chunk_start):
@@ -165,19 +154,29 @@ def pretrain(
     out: str | Path,
     *,
     run_name: str | None = None,
-    method: str = "prelar",
+    variant: str = "prelar",
     callback: Callable[[int, torch.Tensor, nn.Module], None] | None = None,
 ) -> dict[str, Any]:
     """Pre-train for `params.pretrain.steps` steps in total (resuming from `out/checkpoint.pt` if present).
 
     Writes `out/checkpoint.pt`, `out/metrics.json` and `out/figures/`; logs to MLflow. `callback(step, frames,
-    model)` runs on every rank after each optimiser step; `method` tags the MLflow run (the variant's name).
-    Returns the metrics written to metrics.json.
+    model)` runs on every rank after each optimiser step. `variant` (prelar/methods.py) must be what
+    `params.model` pre-trains (a ConfigError names the key otherwise); the checkpoint records it and it
+    tags the MLflow run as its `method`. Returns the metrics written to metrics.json.
     """
+    model_config = params.model.model_dump()
+    wrong = methods.variant(variant).mismatch(model_config)
+    if wrong:
+        fits = [v.name for v in methods.VARIANTS.values() if not v.mismatch(model_config)] or ["(none)"]
+        raise config.ConfigError(
+            f"model: variant '{variant}' is pre-trained with {dict(methods.variant(variant).model)}, "
+            f"these parameters have {wrong}; pre-train them as --variant {' or '.join(fits)}, "
+            "or drop the --set that changes them"
+        )
     owns_group = not torch_dist.is_initialized()
     dist = device.setup(params.pretrain.device)
     try:
-        return _train(params, shards, Path(out), dist, run_name, callback, method)
+        return _train(params, shards, Path(out), dist, run_name, callback, variant)
     finally:
         if owns_group:
             device.teardown()
@@ -237,14 +236,17 @@ def train_step(
     return {"loss": loss.detach(), "metrics": metrics, "grad_norm": grad_norm.detach(), "norms": norms}
 
 
-def _train(params, shards, out, dist, run_name, callback, method) -> dict[str, Any]:
+def _train(params, shards, out, dist, run_name, callback, variant) -> dict[str, Any]:
     cfg = params.pretrain
     dev = dist.device
+    precision = device.choose_precision(cfg.precision, dev)
+    if dist.is_main:
+        print(f"pretrain: {precision.name} on {dev} ({precision.reason})")
     model, optimizer = build(params, dist)
     model_config = params.model.model_dump()
 
     step, run_id, last = 0, None, {}
-    path = out / CHECKPOINT
+    path = out / checkpoint.FILENAME
     if path.exists():
         ckpt = checkpoint.load(path, map_location=dev)
         if ckpt["model_config"] != model_config:
@@ -265,22 +267,16 @@ def _train(params, shards, out, dist, run_name, callback, method) -> dict[str, A
     data_tags = {}
     for i, s in enumerate(shard_list):
         data_tags.update(tracking.data_tags(s, name=f"shards.{i}") if Path(s).is_dir() else {})
-    mlflow_run = tracking.start_run(
-        params,
-        params.mlflow.tracking_uri,
-        params.mlflow.experiment,
-        run_name=run_name or out.name,
-        tags={
-            "stage": "pretrain",
-            "method": method,
-            "seed": str(params.seed),
-            "out": str(out),
-            "world_size": str(dist.world_size),
-            **data_tags,
-        },
-        resume_run_id=run_id,
-        enabled=dist.is_main,
-    )
+    tags = {
+        names.TAG_STAGE: names.PRETRAIN_STAGE,
+        names.TAG_METHOD: variant,
+        names.TAG_SEED: str(params.seed),
+        "out": str(out),
+        "world_size": str(dist.world_size),
+        "precision": precision.name,
+        "precision.reason": precision.reason,
+        **data_tags,
+    }
 
     objective = objective_of(model, params, dist)
 
@@ -289,12 +285,17 @@ def _train(params, shards, out, dist, run_name, callback, method) -> dict[str, A
     count, busy = 0, 0.0
     bar = tqdm(total=cfg.steps, initial=step, desc="pretrain", disable=not dist.is_main, dynamic_ncols=True)
     stream = batches(shard_list, params, dist, step)
-    status = "FAILED"
-    try:
+    with (
+        tracking.stage_run(
+            params, run_name or f"pretrain/{variant}", tags, resume_run_id=run_id, enabled=dist.is_main
+        ) as mlflow_run,
+        bar,
+        contextlib.closing(stream),
+    ):
         while step < cfg.steps:
             t0 = time.perf_counter()
             frames = next(stream).to(dev, non_blocking=True)  # uint8 [B,T,3,64,64]
-            generator = torch.Generator(device=dev).manual_seed(_seed(params.seed, dist.rank, step))
+            generator = torch.Generator(device=dev).manual_seed(seeding.mix(params.seed, dist.rank, step))
             log_now = (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps
             try:
                 update = train_step(model, objective, optimizer, frames, generator, cfg, dist, log_now)
@@ -308,7 +309,8 @@ def _train(params, shards, out, dist, run_name, callback, method) -> dict[str, A
             if callback is not None:
                 callback(step, frames, model)
 
-            values = {f"train/{k}": v for k, v in update["metrics"].items()}  # loss terms, entropies, ...
+            # loss terms, entropies, ...
+            values = {f"{names.PRETRAIN_PREFIX}{k}": v for k, v in update["metrics"].items()}
             values["grad_norm/total"] = update["grad_norm"].float()
             for k, v in values.items():
                 sums[k] = sums.get(k, 0.0) + v.item()
@@ -339,62 +341,69 @@ def _train(params, shards, out, dist, run_name, callback, method) -> dict[str, A
                         step=step,
                         model_config=model_config,
                         rng=rng,
-                        extra={"mlflow_run_id": mlflow_run.run_id, "metrics": last},
+                        extra={"mlflow_run_id": mlflow_run.run_id, "metrics": last, "variant": variant},
                     )
-        status = "FINISHED"
-    finally:
         bar.close()
-        stream.close()
-        if status == "FAILED":
-            mlflow_run.end("FAILED")
-
-    result = {"step": step, **last}
-    if dist.is_main:
-        model.eval()
-        result.update(evaluate(model, params, shard_list, out))
-        model.train()
-        (out / METRICS).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-        mlflow_run.log_metrics({k: v for k, v in result.items() if isinstance(v, int | float)}, step=step)
-        figures = sorted((out / "figures").glob("*")) if (out / "figures").exists() else []
-        mlflow_run.log_artifacts(figures, "figures")
-        mlflow_run.log_artifacts([out / METRICS, path])
-    mlflow_run.end(status)
+        result = {"step": step, **last}
+        if dist.is_main:  # inside the run: an evaluation that raises fails it
+            model.eval()
+            result.update(evaluate(model, params, shard_list, out))
+            model.train()
+            (out / tracking.METRICS).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+            mlflow_run.log_metrics({k: v for k, v in result.items() if isinstance(v, int | float)}, step=step)
+            figures = sorted((out / "figures").glob("*")) if (out / "figures").exists() else []
+            mlflow_run.log_artifacts(figures, "figures")
+            mlflow_run.log_artifacts([out / tracking.METRICS, path])
     return result
 
 
 def evaluate(model: nn.Module, params: config.Params, shards, out: str | Path) -> dict[str, Any]:
-    """Pre-training evaluation: open-loop prediction on held-out clips, latent-action probe on clips with
-    true actions. Figures go to `out/figures/`; returns flat metrics (or `*_skipped` reasons)."""
+    """Pre-training evaluation: open-loop prediction on held-out clips (the first `evaluate.context` +
+    `evaluate.horizon` frames of each), and the latent-action probe exactly as the probe stage runs it (its
+    clips, split, seeds and precision: `prelar.evaluate.probe`), so both report the same `probe_r2`. Figures
+    go to `out/figures/`; returns flat metrics (or `*_skipped` reasons)."""
     from prelar.data.shards import iter_clips
     from prelar.evaluate import prediction, probe
 
-    cfg = params.pretrain
+    cfg, ev = params.pretrain, params.evaluate
     out = Path(out)
     result: dict[str, Any] = {}
-    length = prediction.CONTEXT + prediction.HORIZON
     held_out = []
     if cfg.eval_clips > 0:
         for clip in iter_clips(shards, split="holdout", holdout_fraction=params.loader.holdout_fraction):
-            if len(clip.frames) >= length:
-                held_out.append(clip.frames[:length])
+            if len(clip.frames) >= ev.window:
+                held_out.append(clip.frames[: ev.window])
             if len(held_out) == cfg.eval_clips:
                 break
     if held_out:
-        result.update(prediction.evaluate_prediction(model, np.stack(held_out), out / "figures"))
+        result.update(prediction.evaluate_prediction(model, np.stack(held_out), out / "figures", ev.context))
     else:
         result["prediction_skipped"] = (
-            f"no held-out clip of >= {length} frames "
+            f"no held-out clip of >= {ev.window} frames "
             f"(loader.holdout_fraction={params.loader.holdout_fraction}, "
             f"pretrain.eval_clips={cfg.eval_clips})"
         )
     if params.model.action_free:
         result["probe_skipped"] = "the action-free model has no latent actions"
-    elif cfg.probe_clips > 0:
-        clips = []
-        for clip in iter_clips(shards):
-            if clip.actions is not None:
-                clips.append(clip)
-            if len(clips) == cfg.probe_clips:
-                break
-        result.update(probe.latent_action_probe(model, clips, seed=params.seed))
+    elif cfg.probe:
+        try:
+            clips, split_used = probe.probe_clips(shards, params)
+            dev = next(model.parameters()).device
+            rows = probe.latent_action_probe({"model": model}, clips, ev, model.cfg, dev)
+        except ValueError as err:  # too few episodes or clips with true actions
+            result["probe_skipped"] = str(err)
+            return result
+
+        def mean(method: str, key: str) -> float:  # over the seeds of evaluate.seeds
+            return float(np.mean([row[key] for row in rows if row["method"] == method]))
+
+        dims = [k for k in rows[0] if k.startswith("r2_dim")]
+        result.update(
+            probe_r2=mean("model", "r2"),
+            probe_r2_untrained=mean(probe.UNTRAINED, "r2"),
+            probe_clips=len(clips),
+            probe_episodes=len({probe.episode_key(c) for c in clips}),
+            probe_clip_split=split_used,
+            **{f"probe_{k}": mean("model", k) for k in dims},
+        )
     return result

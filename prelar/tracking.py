@@ -1,5 +1,9 @@
 """MLflow tracking: one run per training/evaluation stage, in a SQLite store, linked to git and DVC.
 
+Every stage opens its run with `stage_run`, the one run context: named `stage/method/...`, ended FINISHED,
+FAILED on an exception or KILLED on SIGTERM/SIGINT, reopened by id when a stage resumes from its checkpoint.
+The experiment is tagged as model development, so the MLflow UI opens on its runs (not on GenAI traces).
+
 `params.mlflow.tracking_uri` is `sqlite:///mlflow.db` by default: a path relative to the working
 directory (the repository root when DVC runs a stage). It is made absolute once, and artifacts go to
 `mlruns/` next to the database, so a test pointing at a temporary folder writes nothing elsewhere.
@@ -10,16 +14,25 @@ from `dvc.lock` when the folder is a tracked stage output, and always the md5 of
 from __future__ import annotations
 
 import hashlib
+import signal
 import subprocess
+import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import BaseModel
 
+if TYPE_CHECKING:
+    from prelar import config
+
 _BATCH = 100  # MLflow's limit of params / tags per log_batch call
+TAG_GIT_COMMIT = "mlflow.source.git.commit"  # MLflow's own tag for the commit (shown in its UI)
+METRICS = "metrics.json"  # a stage's final metrics, in its output folder (DVC reads a copy)
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}  # the UI opens on the runs table
 
 
 def resolve_tracking_uri(uri: str, root: str | Path = ".") -> str:
@@ -47,20 +60,25 @@ def flatten(tree: Mapping[str, Any] | BaseModel, prefix: str = "") -> dict[str, 
 
 
 def git_commit(root: str | Path = ".") -> dict[str, str]:
-    """The commit the code runs at, and whether the tree has uncommitted changes (empty outside git)."""
+    """Tags: the commit the code runs at, and whether the tree has uncommitted changes (none outside git)."""
     try:
         sha = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
             capture_output=True,
             text=True,
+            timeout=10,
             check=True,
         ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
+    except (OSError, subprocess.SubprocessError):
         return {}
-    return {"mlflow.source.git.commit": sha, "git.dirty": str(bool(dirty)).lower()}
+    return {TAG_GIT_COMMIT: sha, "git.dirty": str(bool(dirty)).lower()}
 
 
 def data_tags(path: str | Path, name: str = "data", root: str | Path = ".") -> dict[str, str]:
@@ -81,7 +99,7 @@ def data_tags(path: str | Path, name: str = "data", root: str | Path = ".") -> d
 
 
 class Run:
-    """An MLflow run that only the main process writes to (`enabled=False` on the other ranks)."""
+    """The open MLflow run of a stage, as `stage_run` yields it (a no-op on ranks other than the main one)."""
 
     def __init__(self, client, run_id: str | None):
         self.client = client
@@ -107,59 +125,105 @@ class Run:
         for p in paths:
             self.client.log_artifact(self.run_id, str(p), artifact_path)
 
-    def set_tags(self, tags: Mapping[str, str]) -> None:
-        if not self.enabled:
-            return
-        from mlflow.entities import RunTag
 
-        items = [RunTag(k, str(v)) for k, v in tags.items()]
-        for i in range(0, len(items), _BATCH):
-            self.client.log_batch(self.run_id, tags=items[i : i + _BATCH])
+class _Signalled(BaseException):
+    """Raised in the main thread by `stage_run`'s SIGTERM/SIGINT handler (not an `Exception`, like
+    KeyboardInterrupt, so no `except Exception` on the way swallows it)."""
 
-    def end(self, status: str = "FINISHED") -> None:
-        if self.enabled:
-            self.client.set_terminated(self.run_id, status)
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
-def start_run(
-    params: BaseModel,
-    tracking_uri: str,
-    experiment: str,
-    run_name: str,
-    tags: Mapping[str, str] | None = None,
-    resume_run_id: str | None = None,
-    enabled: bool = True,
-) -> Run:
-    """Open (or, given `resume_run_id` still in the store, reopen) a run and log params and tags."""
-    if not enabled:
-        return Run(None, None)
-    from mlflow.entities import Param
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
+@contextmanager
+def _raising_on_signals() -> Iterator[None]:
+    """While open, SIGTERM and SIGINT raise `_Signalled` where their handlers are the defaults (a handler
+    someone installed, or SIG_IGN as `nohup` sets it, stays as it is); the previous handlers come back after.
+    Only the main thread can install handlers; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
 
-    uri = resolve_tracking_uri(tracking_uri)
-    client = MlflowClient(tracking_uri=uri)
-    if resume_run_id is not None:
-        try:
-            client.get_run(resume_run_id)
-        except MlflowException:
-            resume_run_id = None
-    if resume_run_id is not None:
-        client.update_run(resume_run_id, status="RUNNING")
-        run = Run(client, resume_run_id)
-        run.set_tags(dict(tags or {}))
-        return run
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
+    def handler(signum: int, frame) -> None:
+        raise _Signalled(signum)
+
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        if signal.getsignal(sig) in (signal.SIG_DFL, signal.default_int_handler):
+            previous[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _experiment_id(client, name: str, uri: str) -> str:
+    """The experiment's id, created (artifacts in `mlruns/` next to a SQLite store) if missing; tagged with
+    EXPERIMENT_TAGS either way."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
         location = None
         if uri.startswith("sqlite:///"):
             location = (Path(uri[len("sqlite:///") :]).parent / "mlruns").as_uri()
-        exp_id = client.create_experiment(experiment, artifact_location=location)
-    else:
-        exp_id = exp.experiment_id
-    run = Run(client, client.create_run(exp_id, run_name=run_name).info.run_id)
-    flat = [Param(k, v[:6000]) for k, v in flatten(params).items()]
-    for i in range(0, len(flat), _BATCH):
-        client.log_batch(run.run_id, params=flat[i : i + _BATCH])
-    run.set_tags({**git_commit(), **(tags or {})})
-    return run
+        return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
+    for key, value in EXPERIMENT_TAGS.items():
+        if experiment.tags.get(key) != value:
+            client.set_experiment_tag(experiment.experiment_id, key, value)
+    return experiment.experiment_id
+
+
+@contextmanager
+def stage_run(
+    params: config.Params,
+    name: str,
+    tags: Mapping[str, str],
+    *,
+    resume_run_id: str | None = None,
+    enabled: bool = True,
+) -> Iterator[Run]:
+    """The MLflow run of one stage, named `stage/method/...` (e.g. `finetune/prelar/drawer-open-v3/seed0`),
+    in `params.mlflow.experiment` of `params.mlflow.tracking_uri`.
+
+    A new run gets the flattened `params`; `resume_run_id`, if still in the store, is reopened instead
+    (same id, params as first logged). Both get `tags` and the git commit. The run ends FINISHED when the
+    block completes, FAILED when it raises, KILLED on SIGTERM or SIGINT (or KeyboardInterrupt), which then
+    propagate as `SystemExit(128 + signal)` or KeyboardInterrupt, the exit codes a shell expects.
+    `enabled=False` (ranks other than the main one) yields a run that logs nothing.
+    """
+    if not enabled:
+        yield Run(None, None)
+        return
+    import mlflow
+    from mlflow.entities import Param, RunStatus
+    from mlflow.entities.lifecycle_stage import LifecycleStage
+    from mlflow.exceptions import MlflowException
+
+    uri = resolve_tracking_uri(params.mlflow.tracking_uri)
+    mlflow.set_tracking_uri(uri)  # what `mlflow.start_run` writes to
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment_id = _experiment_id(client, params.mlflow.experiment, uri)
+    if resume_run_id is not None:
+        try:
+            if client.get_run(resume_run_id).info.lifecycle_stage != LifecycleStage.ACTIVE:
+                resume_run_id = None
+        except MlflowException:  # not in this store (e.g. a new database)
+            resume_run_id = None
+    tags = {**git_commit(), **tags}
+    start = mlflow.start_run(run_id=resume_run_id, experiment_id=experiment_id, run_name=name, tags=tags)
+    with start as active:
+        run = Run(client, active.info.run_id)
+        if resume_run_id is None:
+            flat = [Param(k, v[:6000]) for k, v in flatten(params).items()]
+            for i in range(0, len(flat), _BATCH):
+                client.log_batch(run.run_id, params=flat[i : i + _BATCH])
+        try:
+            with _raising_on_signals():
+                yield run
+        except (_Signalled, KeyboardInterrupt) as stop:
+            mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))  # the `with` then leaves the status as is
+            if isinstance(stop, KeyboardInterrupt):
+                raise
+            if stop.signum == signal.SIGINT:
+                raise KeyboardInterrupt from None
+            raise SystemExit(128 + stop.signum) from None

@@ -61,7 +61,50 @@ def _flat_apply(module: nn.Module, x: torch.Tensor, dims: int) -> torch.Tensor:
     return out.reshape(*lead, *out.shape[1:])
 
 
-class WorldModel(nn.Module):
+class OpenLoop(nn.Module):
+    """The open-loop rollout, written once for both world models (each brings its own `encode`, `observe`,
+    `rssm`, `features` and `decode`): `WorldModel` with latent actions (or none, action-free), the fine-tuned
+    models with encoded or real actions, APV's stacked model with real actions."""
+
+    def open_loop(
+        self,
+        frames: torch.Tensor,
+        context: int,
+        action: torch.Tensor | None,
+        is_first: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        sample: bool = True,
+    ) -> torch.Tensor:
+        """Open-loop video prediction (eval mode): frames uint8 [B, T, 3, 64, 64] → predicted frames uint8
+        [B, T − context, 3, 64, 64] for steps context..T−1.
+
+        Observes frames 0..context−1 (posterior), then rolls the transition (prior) forward without seeing a
+        later frame. `action` is the RSSM's action input [B, T, A] ([:, t] = the action that led into step t):
+        `WorldModel.action_input` of latent actions ã [B, T−1, A], encoded or real actions, or None for an
+        action-free model. `is_first` [B, T] resets the state where true (within the context); `generator`
+        draws the context's posterior samples (and the prior's, with `sample`); `sample=False` takes the
+        prior's mode.
+        """
+        B, T = frames.shape[:2]
+        if not 1 <= context < T:
+            raise ValueError(f"open_loop needs 1 <= context < T, got context={context}, T={T}")
+        if action is not None and action.shape[:2] != (B, T):
+            raise ValueError(
+                f"action must be the RSSM's action input [B, T, A] = [{B}, {T}, A], got "
+                f"{tuple(action.shape)} (latent actions [B, T-1, A] go through action_input first)"
+            )
+        with evaluating(self):
+            embed = self.encode(preprocess(frames[:, :context]))  # [B, context, E]
+            seen = None if action is None else action[:, :context]
+            first = None if is_first is None else is_first[:, :context]
+            post, _ = self.observe(embed, seen, first, None, generator)
+            last = {k: v[:, -1] for k, v in post.items()}  # the state after the last context frame
+            future = None if action is None else action[:, context:]  # [B, T − context, A]
+            prior = self.rssm.imagine(last, future, T - context, generator, sample)  # [B, T − context, ..]
+            return to_frames(self.decode(self.features(prior)))
+
+
+class WorldModel(OpenLoop):
     def __init__(self, cfg: Model):
         super().__init__()
         self.cfg = cfg
@@ -244,45 +287,8 @@ class WorldModel(nn.Module):
         with evaluating(self):
             return self.latent_action_posterior(preprocess(frames))
 
-    def open_loop(
-        self,
-        frames: torch.Tensor,
-        context: int = 5,
-        latent_actions: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-        sample: bool = True,
-    ) -> torch.Tensor:
-        """Open-loop video prediction (eval mode): frames uint8 [B, T, ..] → predicted frames uint8
-        [B, T−context, 3, 64, 64] for steps context..T−1.
 
-        Observes the first `context` frames, then rolls the transition without seeing later frames, with
-        latent actions ã_t [B, T−1, A] (default: the posterior means inferred from `frames`, which see the
-        future frame pairs by design; pass shuffled ones for the ΔPSNR controllability metric). An action-free
-        model imagines without actions. `sample=False` uses the prior's mode instead of samples.
-        """
-        B, T = frames.shape[:2]
-        if not 1 <= context < T:
-            raise ValueError(f"open_loop needs 1 <= context < T, got context={context}, T={T}")
-        with evaluating(self):
-            images = preprocess(frames)
-            action = None
-            if not self.cfg.action_free:
-                if latent_actions is None:
-                    latent_actions, _ = self.latent_action_posterior(images)
-                if latent_actions.shape[:2] != (B, T - 1):
-                    raise ValueError(f"latent_actions must be [B, T-1, A] = [{B}, {T - 1}, A], "
-                                     f"got {tuple(latent_actions.shape)}")
-                action = self.action_input(latent_actions)  # [B, T, A]
-            embed = self.encode(images[:, :context])
-            seen = None if action is None else action[:, :context]
-            post, _ = self.observe(embed, seen, None, None, generator)
-            last = {k: v[:, -1] for k, v in post.items()}
-            prior = self.rssm.imagine(last, None if action is None else action[:, context:], T - context,
-                                      generator, sample)
-            return to_frames(self.decode(self.features(prior)))
-
-
-class StackedWorldModel(nn.Module):
+class StackedWorldModel(OpenLoop):
     """APV's stacked latent prediction model (APV Sec. 3.2, Eq. 3–4) for fine-tuning.
 
     Action-free level: the pre-trained encoder and action-free RSSM give z_t (its features [h^AF, z^AF]).

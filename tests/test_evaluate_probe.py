@@ -34,15 +34,30 @@ def test_ridge_r2_tells_informative_from_uninformative_features():
 
 def test_untrained_baseline_is_the_trainers_initialisation():
     clips = point_mass_clips(episodes=4, frames=10, cameras=2)
+    cfg = config.Evaluate(seeds=[0], precision="fp32")
+    cpu = torch.device("cpu")
     torch.manual_seed(0)
     fresh = WorldModel(TINY)  # what the trainer builds at step 0 with seed 0
-    same = probe.latent_action_probe(fresh, clips, seed=0)
-    assert same["probe_r2"] == same["probe_r2_untrained"]
-    assert same["probe_test_episodes"] + same["probe_fit_episodes"] == 4
-    assert same["probe_test_frames"] == 9 * 2 * same["probe_test_episodes"]
     torch.manual_seed(1)
-    other = probe.latent_action_probe(WorldModel(TINY), clips, seed=0)
-    assert other["probe_r2"] != other["probe_r2_untrained"] == same["probe_r2_untrained"]
-    assert probe.latent_action_probe(fresh, clips[:2], seed=0) == {
-        "probe_skipped": "the probe needs clips of at least 2 episodes, got 1 with true actions"
-    }
+    other = WorldModel(TINY)
+    models = {"same": fresh, "other": other}
+    rows = {r["method"]: r for r in probe.latent_action_probe(models, clips, cfg, TINY, cpu)}
+    assert rows["same"]["r2"] == rows[probe.UNTRAINED]["r2"]
+    assert rows["same"]["test_episodes"] + rows["same"]["fit_episodes"] == 4
+    assert rows["same"]["test_frames"] == 9 * 2 * rows["same"]["test_episodes"]
+    assert rows["other"]["r2"] != rows[probe.UNTRAINED]["r2"]
+    with pytest.raises(ValueError, match="at least 2 episodes, got 1"):
+        probe.latent_action_probe({"same": fresh}, clips[:2], cfg, TINY, cpu)
+
+
+def test_each_seed_draws_its_own_split_and_untrained_encoder():
+    clips = point_mass_clips(episodes=6, frames=10, cameras=1)
+    cfg = config.Evaluate(seeds=[0, 1], precision="fp32", probe_alpha=1.0)
+    torch.manual_seed(0)
+    rows = probe.latent_action_probe({"model": WorldModel(TINY)}, clips, cfg, TINY, torch.device("cpu"))
+    assert [(r["method"], r["seed"]) for r in rows] == [
+        ("model", 0), (probe.UNTRAINED, 0), ("model", 1), (probe.UNTRAINED, 1)
+    ]
+    assert rows[0]["r2"] == rows[1]["r2"]  # seed 0: the untrained encoder is the trainer's initialisation
+    assert rows[2]["r2"] != rows[3]["r2"]  # seed 1: another initialisation
+    assert rows[0]["r2"] != rows[2]["r2"]  # and another split

@@ -12,7 +12,7 @@ from PIL import Image
 from scipy import stats
 
 from prelar import cli
-from prelar.evaluate import report
+from prelar import metrics as names
 
 TASKS = ("drawer-open-v3", "reach-v3")
 STEPS = (0, 1000, 2000)
@@ -56,13 +56,13 @@ def store(tmp_path_factory):
                     curve = [0.0, 0.0, 0.05]  # superseded by the rerun below
                 finished(
                     {"stage": "finetune", "method": method, "task": task, "seed": str(seed)},
-                    histories=[(report.SUCCESS_RATE, s, v) for s, v in zip(STEPS, curve, strict=True)]
+                    histories=[(names.SUCCESS_RATE, s, v) for s, v in zip(STEPS, curve, strict=True)]
                     + [("train/actor_loss", 0, 1.0)],  # not a pre-training loss: stage is finetune
                 )
         finished(
             {"stage": "pretrain", "method": method, "seed": "0"},
             histories=[
-                (f"{report.PRETRAIN_PREFIX}{k}", s, 10.0 / (s + 1)) for k in ("loss", "kl") for s in range(5)
+                (f"{names.PRETRAIN_PREFIX}{k}", s, 10.0 / (s + 1)) for k in ("loss", "kl") for s in range(5)
             ],
             artifact=gif if method == "prelar" else None,
         )
@@ -71,24 +71,24 @@ def store(tmp_path_factory):
             finished(
                 {"stage": "probe", "method": method, "seed": str(seed)},
                 metrics=[
-                    (report.PROBE_R2, 0.3 + 0.4 * shift + 0.01 * seed),
-                    (report.delta_psnr_metric(5), 1.0 + shift),
-                    (report.delta_psnr_metric(10), 2.0 + shift),
-                    (report.transfer_metric(0), 0.02),
-                    (report.transfer_metric(100), 0.01 - 0.005 * shift),
+                    (names.PROBE_R2, 0.3 + 0.4 * shift + 0.01 * seed),
+                    (names.delta_psnr_metric(5), 1.0 + shift),
+                    (names.delta_psnr_metric(10), 2.0 + shift),
+                    (names.transfer_metric(0), 0.02),
+                    (names.transfer_metric(100), 0.01 - 0.005 * shift),
                 ],
             )
     rerun = _success("prelar", "drawer-open-v3", 0)
     finished(
         {"stage": "finetune", "method": "prelar", "task": "drawer-open-v3", "seed": "0"},
-        histories=[(report.SUCCESS_RATE, s, v) for s, v in zip(STEPS, rerun, strict=True)],
+        histories=[(names.SUCCESS_RATE, s, v) for s, v in zip(STEPS, rerun, strict=True)],
     )
     finished({"stage": "finetune", "method": "dreamerv2", "task": "reach-v3", "seed": "0"}, status="FAILED")
     partial = client.create_experiment("partial", artifact_location=(root / "artifacts2").as_uri())
     run_id = client.create_run(
         partial, tags={"stage": "finetune", "method": "prelar", "task": "reach-v3"}
     ).info.run_id
-    client.log_metric(run_id, report.SUCCESS_RATE, 0.5, step=1000)
+    client.log_metric(run_id, names.SUCCESS_RATE, 0.5, step=1000)
     client.set_terminated(run_id)
     return {"uri": uri, "root": root}
 
@@ -116,11 +116,12 @@ def test_report_writes_table_figures_gifs_and_csv(store, tmp_path, capsys):
     page = (out / "report.html").read_text()
     assert "Not run" not in page
     summary_table = page[page.index("<table") : page.index("</table>")]
-    assert re.findall(r"<td>(prelar|apv)</td>", summary_table) == ["apv", "prelar"]
+    assert re.findall(r"<td>(PreLAR|APV)</td>", summary_table) == ["PreLAR", "APV"]  # labels, registry order
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
-    assert len(images) == 7  # intervals, aggregate curves, task curves, losses, probe, ΔPSNR, transfer
+    # intervals, improvement, profiles, aggregate curves, task curves, losses, probe, ΔPSNR, transfer
+    assert len(images) == 9
     assert Image.open(io.BytesIO(base64.b64decode(images[0]))).size[0] > 100
-    assert len(list((out / "figures").glob("*.png"))) == 7
+    assert len(list((out / "figures").glob("*.png"))) == 9
     gifs = re.findall(r'src="data:image/gif;base64,([^"]+)"', page)
     assert len(gifs) == 1 and iio.imread(base64.b64decode(gifs[0]), index=None).shape[0] == 4
     assert "status FAILED" in page and "superseded by the later run" in page
@@ -128,21 +129,30 @@ def test_report_writes_table_figures_gifs_and_csv(store, tmp_path, capsys):
     curves = pd.read_csv(out / "curves.csv")
     assert list(curves.columns) == ["env_step", "success", "method", "task", "seed"]
     assert len(curves) == 2 * 2 * 2 * 3  # methods x tasks x seeds x evaluations
-    rerun = curves.query("method == 'prelar' and task == 'drawer-open-v3' and seed == 0 and env_step == 2000")
+    rerun = curves.query("method == 'PreLAR' and task == 'drawer-open-v3' and seed == 0 and env_step == 2000")
     assert rerun["success"].tolist() == [pytest.approx(0.8)]  # the later run replaced the first
 
     summary = pd.read_csv(out / "summary.csv").set_index("method")
-    for method in ("prelar", "apv"):
+    for method, shown in (("prelar", "PreLAR"), ("apv", "APV")):
         finals = [_success(method, t, s)[-1] for t in TASKS for s in (0, 1)]
-        assert summary.loc[method, "iqm"] == pytest.approx(stats.trim_mean(finals, 0.25))
-        assert summary.loc[method, "iqm_low"] <= summary.loc[method, "iqm"] <= summary.loc[method, "iqm_high"]
-        assert summary.loc[method, "runs"] == 4
+        assert summary.loc[shown, "iqm"] == pytest.approx(stats.trim_mean(finals, 0.25))
+        assert summary.loc[shown, "iqm_low"] <= summary.loc[shown, "iqm"] <= summary.loc[shown, "iqm_high"]
+        assert summary.loc[shown, "runs"] == 4
+    # Every PreLAR run beats every APV run on its task: P(PreLAR > APV) = 1, its interval too.
+    improvement = pd.read_csv(out / "probability_of_improvement.csv")
+    assert improvement[["x", "y"]].values.tolist() == [["PreLAR", "APV"]]
+    assert improvement[["probability", "low", "high"]].values.tolist() == [[1.0, 1.0, 1.0]]
+    assert "P(X &gt; Y)" in page
+    profiles = pd.read_csv(out / "performance_profiles.csv").set_index(["method", "tau"])["fraction"]
+    assert profiles[("PreLAR", 0.0)] == profiles[("APV", 0.0)] == 1.0  # every final success is above 0
+    assert profiles[("PreLAR", 0.75)] == 1.0 and profiles[("APV", 0.75)] == 0.0  # finals 0.8-0.95 vs 0.4-0.55
+    assert profiles[("APV", 0.5)] == pytest.approx(0.25)  # 0.55 only
     aggregate_curve = pd.read_csv(out / "aggregate_curve.csv")
     assert sorted(aggregate_curve["env_step"].unique()) == list(STEPS)
     assert len(pd.read_csv(out / "task_curves.csv")) == 2 * 2 * 3
-    assert pd.read_csv(out / "probe.csv").groupby("method")["r2"].mean()["prelar"] == pytest.approx(0.705)
+    assert pd.read_csv(out / "probe.csv").groupby("method")["r2"].mean()["PreLAR"] == pytest.approx(0.705)
     psnr = pd.read_csv(out / "controllability.csv").set_index(["horizon", "method"])
-    assert psnr.loc[(10, "prelar"), "delta_psnr"] == pytest.approx(3.0)
+    assert psnr.loc[(10, "PreLAR"), "delta_psnr"] == pytest.approx(3.0)
     assert sorted(pd.read_csv(out / "transfer.csv")["updates"].unique()) == [0, 100]
     assert set(pd.read_csv(out / "pretrain_losses.csv")["metric"]) == {"train/loss", "train/kl"}
     assert (out / "dvc_band.json").exists() and (out / "dvc_runs.json").exists()
@@ -160,13 +170,18 @@ def test_published_results_are_plotted_beside_ours(store, tmp_path):
     code, out = _report(tmp_path, store["uri"], "--published-results", str(published))
     assert code == 0
     summary = pd.read_csv(out / "summary.csv").set_index("method")
-    assert summary.loc["prelar (published)", "source"] == "published"
-    assert summary.loc["prelar (published)", "iqm"] == pytest.approx(0.9)
-    assert summary.loc["prelar", "source"] == "ours"
+    assert summary.loc["PreLAR (published)", "source"] == "published"
+    assert summary.loc["PreLAR (published)", "iqm"] == pytest.approx(0.9)
+    assert summary.loc["PreLAR", "source"] == "ours"
+    assert list(summary.index) == ["PreLAR", "PreLAR (published)", "APV"]
     assert len(pd.read_csv(out / "published_curves.csv")) == len(rows)
-    assert "prelar (published)" in (out / "report.html").read_text()
+    assert "PreLAR (published)" in (out / "report.html").read_text()
     curve = pd.read_csv(out / "published_aggregate_curve.csv")
-    assert set(curve["env_step"]) == {0, 125_000, 250_000} and set(curve["method"]) == {"prelar (published)"}
+    assert set(curve["env_step"]) == {0, 125_000, 250_000} and set(curve["method"]) == {"PreLAR (published)"}
+    # Ours and published runs are never paired: their budgets differ ~100x.
+    assert pd.read_csv(out / "probability_of_improvement.csv")[["x", "y"]].values.tolist() == [
+        ["PreLAR", "APV"]
+    ]
     assert set(pd.read_csv(out / "aggregate_curve.csv")["source"]) == {"ours"}
 
 
@@ -183,7 +198,7 @@ def test_missing_sections_say_not_run(store, tmp_path):
     code, out = _report(tmp_path, store["uri"], "--experiment", "partial")
     assert code == 0
     page = (out / "report.html").read_text()
-    assert "<td>prelar</td>" in page
+    assert "<td>PreLAR</td>" in page
     for missing in (
         "train/*",
         "probe/r2",

@@ -9,13 +9,13 @@ import pytest
 import torch
 from test_pretrain import point_mass_clips, tiny_params
 
-from prelar import cli, config, pretrain, tracking
+from prelar import checkpoint, cli, config, pretrain, tracking
 from prelar.data.shards import write_shards
 from prelar.evaluate import stages
-from prelar.evaluate.report import delta_psnr_metric, transfer_metric
-from prelar.evaluate.transfer import HORIZON
+from prelar.metrics import delta_psnr_metric, transfer_metric
 
 REPO = Path(__file__).resolve().parents[1]
+HORIZON = config.Evaluate().horizon
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -35,7 +35,8 @@ def work(tmp_path_factory) -> dict:
     uri = f"sqlite:///{root / 'mlflow.db'}"
     params = tiny_params(uri, steps=2)
     pretrain.pretrain(params, root / "shards", root / "prelar")
-    pretrain.pretrain(config.override(params, ["model.action_free=true"]), root / "shards", root / "apv")
+    apv = config.override(params, pretrain.variant_updates(params, "apv"))
+    pretrain.pretrain(apv, root / "shards", root / "apv", variant="apv")
     return {"root": root, "uri": uri}
 
 
@@ -44,7 +45,7 @@ def _cli(work: dict, *args: str) -> int:
         f"mlflow.tracking_uri={work['uri']}",
         "mlflow.experiment=evaluate-test",
         "evaluate.device=cpu",
-        "loader.holdout_fraction=0.5",
+        "loader.holdout_fraction=0.75",  # most clips held out: controllability finds >= 2 held-out episodes
         "data.shards.workers=0",
         "evaluate.transfer_episodes=2",
         "evaluate.transfer_test_fraction=0.5",
@@ -62,17 +63,21 @@ def _runs(work: dict, stage: str):
     return mlflow.search_runs(experiment_names=["evaluate-test"], filter_string=f"tags.stage = '{stage}'")
 
 
-def test_method_of_names_each_pretraining_variant():
-    base = config.Model().model_dump()
-    assert stages.method_of(base) == "prelar"
-    assert stages.method_of({**base, "use_consistency": False}) == "prelar_no_cl"
-    assert stages.method_of({**base, "use_consistency": False, "use_action_kl": False}) == "prelar_no_cl_al"
-    assert stages.method_of({**base, "action_free": True}) == "apv"
-    with pytest.raises(config.ConfigError, match="no method"):
-        stages.method_of({**base, "use_action_kl": False})  # consistency without the action KL
+def test_checkpoints_are_named_by_the_variant_they_record(work, tmp_path):
+    root = work["root"]
+    loaded = stages.load_checkpoints([root / "prelar", root / "apv" / "checkpoint.pt"], torch.device("cpu"))
+    assert [(name, path) for name, path, _ in loaded] == [
+        ("prelar", root / "prelar" / "checkpoint.pt"),
+        ("apv", root / "apv" / "checkpoint.pt"),
+    ]
+    ckpt = checkpoint.load(root / "prelar" / "checkpoint.pt")
+    del ckpt["extra"]["variant"]  # a checkpoint that does not say what it is: no guessing from switches
+    torch.save(ckpt, tmp_path / "checkpoint.pt")
+    with pytest.raises(config.ConfigError, match="records no known pre-training variant"):
+        stages.load_checkpoints([tmp_path], torch.device("cpu"))
 
 
-def test_probe_skips_action_free_models_and_logs_r2_per_method(work, capsys):
+def test_probe_skips_action_free_models_and_logs_r2_per_method(work, capsys, tmp_path):
     out, metrics_path = work["root"] / "probe", work["root"] / "metrics" / "probe.json"
     code = _cli(
         work,
@@ -90,8 +95,9 @@ def test_probe_skips_action_free_models_and_logs_r2_per_method(work, capsys):
     assert code == 0
     assert "skipping" in capsys.readouterr().out
     metrics = json.loads(metrics_path.read_text())
+    assert metrics.pop("seconds") > 0  # timings only in the --metrics file, not in the output (its DVC hash)
     assert metrics == json.loads((out / "metrics.json").read_text())
-    assert set(metrics["r2"]) == {"prelar", "untrained"} and list(metrics["skipped"]) == [
+    assert set(metrics["probe_r2"]) == {"prelar", "untrained"} and list(metrics["skipped"]) == [
         str(work["root"] / "apv" / "checkpoint.pt")
     ]
     assert metrics["clip_split"] == "all"  # the held-out clips hold fewer than min_holdout_episodes episodes
@@ -101,7 +107,17 @@ def test_probe_skips_action_free_models_and_logs_r2_per_method(work, capsys):
     assert sorted(runs["tags.method"]) == ["prelar", "untrained"]
     assert set(runs["tags.seed"]) == {"0"} and runs["metrics.probe/r2"].notna().all()
     prelar = runs[runs["tags.method"] == "prelar"].iloc[0]
-    assert prelar["metrics.probe/r2"] == pytest.approx(metrics["r2"]["prelar"]["mean"])
+    assert prelar["metrics.probe/r2"] == pytest.approx(metrics["probe_r2"]["prelar"]["mean"])
+    # pre-training's end-of-run probe is the same probe on the same clips: the same number for the same model
+    params = config.override(
+        config.load(REPO / "params.yaml", profile="tiny"),
+        {"evaluate.device": "cpu", "loader.holdout_fraction": 0.75, "pretrain.eval_clips": 0},
+    )
+    model, _ = checkpoint.load_world_model(work["root"] / "prelar" / "checkpoint.pt")
+    end_of_run = pretrain.evaluate(model.eval(), params, work["root"] / "shards", tmp_path)
+    stage = metrics["probe_r2"]
+    assert end_of_run["probe_r2"] == pytest.approx(stage["prelar"]["mean"], abs=1e-9)
+    assert end_of_run["probe_r2_untrained"] == pytest.approx(stage["untrained"]["mean"], abs=1e-9)
 
 
 def test_controllability_logs_delta_psnr_per_horizon(work):
@@ -151,6 +167,8 @@ def test_transfer_data_and_transfer_end_to_end(work):
     )
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
+    timed = json.loads((work["root"] / "transfer.json").read_text())
+    assert {"seconds", "run_seconds", "updates_per_s"} <= set(timed) - set(metrics)  # not in the output
     assert set(metrics["mse"]) == {"prelar", "apv", "dreamerv2"}
     assert all(set(v) == {"k0", "k2"} for v in metrics["mse"].values())
     assert metrics["splits"]["0"] == {"train_episodes": 1, "test_episodes": 1}

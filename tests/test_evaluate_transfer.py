@@ -8,14 +8,16 @@ import pytest
 import torch
 
 from prelar import config
-from prelar.agent.finetune import Agent
+from prelar.agent.model import FinetuneModel
 from prelar.agent.replay import Replay
 from prelar.data import metaworld
 from prelar.data.clip import Clip
-from prelar.evaluate import stages, transfer
+from prelar.evaluate import prediction, stages, transfer
 from prelar.world_model import WorldModel
 
 REPO = Path(__file__).resolve().parents[1]
+EVALUATE = config.Evaluate()
+CONTEXT, HORIZON, WINDOW = EVALUATE.context, EVALUATE.horizon, EVALUATE.window
 
 
 @pytest.fixture(autouse=True)
@@ -54,30 +56,41 @@ def test_episodes_follow_the_replay_convention_and_split_by_episode(clips):
     held_out = {e.frames.tobytes() for e in test}
     assert not held_out & {e.frames.tobytes() for e in train}
 
-    batch = transfer.windows(train, limit=5)
-    assert batch["frames"].shape == (2, transfer.WINDOW, 3, 64, 64)  # one 25-frame window per episode
+    batch = transfer.episode_windows(train, EVALUATE.model_copy(update={"transfer_eval_windows": 5}))
+    assert batch["frames"].shape == (2, WINDOW, 3, 64, 64)  # one 25-frame window per episode
+    assert batch["actions"].shape == (2, WINDOW, 4) and batch["rewards"].shape == (2, WINDOW)
     assert batch["is_first"][:, 0].all() and not batch["is_first"][:, 1:].any()
     short = [transfer.to_episode(Clip(c.frames[:10], c.actions[:9], c.rewards[:9])) for c in clips]
     with pytest.raises(ValueError, match="25 frames"):
-        transfer.windows(short, limit=1)
+        transfer.episode_windows(short, EVALUATE)
 
 
 def test_open_loop_prediction_uses_actions_and_never_sees_later_frames(clips):
     torch.manual_seed(0)
-    agent = Agent(transfer.finetune_params(_params(), "dreamerv2", 0), None, torch.device("cpu"))
-    batch = transfer.windows([transfer.to_episode(c) for c in clips], limit=2)
-    pred = transfer.predict(agent, batch, seed=0)
-    assert pred.shape == (2, transfer.HORIZON, 3, 64, 64)
+    model = FinetuneModel("dreamerv2", transfer.finetune_params(_params(), "dreamerv2", 0), None)
+    batch = transfer.episode_windows([transfer.to_episode(c) for c in clips], EVALUATE)
+
+    def predict(batch) -> torch.Tensor:  # what `transfer.open_loop_error` scores: float [B, H, 3, 64, 64]
+        data = {k: torch.from_numpy(v) for k, v in batch.items()}
+        with model.autocast():
+            action = model.latent_action(data["actions"])
+            return prediction.predict(model.world, data["frames"], action, CONTEXT, data["is_first"]).float()
+
+    pred = predict(batch)
+    assert pred.shape == (3, HORIZON, 3, 64, 64)
+    truth = torch.from_numpy(batch["frames"][:, CONTEXT:])
+    error = transfer.open_loop_error(model, batch, CONTEXT, seed=0)  # [B, H]
+    torch.testing.assert_close(error, prediction.frame_mse(pred, truth))
 
     future_noise = {**batch, "frames": batch["frames"].copy()}
-    future_noise["frames"][:, transfer.CONTEXT :] = np.random.default_rng(0).integers(
-        0, 256, future_noise["frames"][:, transfer.CONTEXT :].shape, dtype=np.uint8
+    future_noise["frames"][:, CONTEXT:] = np.random.default_rng(0).integers(
+        0, 256, future_noise["frames"][:, CONTEXT:].shape, dtype=np.uint8
     )
-    torch.testing.assert_close(transfer.predict(agent, future_noise, seed=0), pred, rtol=0, atol=0)
+    torch.testing.assert_close(predict(future_noise), pred, rtol=0, atol=0)
 
     other_actions = {**batch, "actions": batch["actions"].copy()}
-    other_actions["actions"][:, transfer.CONTEXT :] *= -1
-    assert (transfer.predict(agent, other_actions, seed=0) - pred).abs().max() > 1e-4
+    other_actions["actions"][:, CONTEXT:] *= -1
+    assert (predict(other_actions) - pred).abs().max() > 1e-4
 
 
 def test_pretrained_encoder_and_rssm_are_frozen_for_the_first_updates(clips):
@@ -85,23 +98,24 @@ def test_pretrained_encoder_and_rssm_are_frozen_for_the_first_updates(clips):
     assert params.finetune.freeze_updates == 2
     torch.manual_seed(0)
     pretrained = WorldModel(params.model)
-    agent = Agent(transfer.finetune_params(params, "prelar", 0), pretrained, torch.device("cpu"))
+    model = FinetuneModel("prelar", transfer.finetune_params(params, "prelar", 0), pretrained)
     replay = Replay(200, params.evaluate.transfer_segment_length)
     for clip in clips:
         replay.add(transfer.to_episode(clip), persist=False)
     rng = np.random.default_rng(0)
 
     def snapshot():
-        return {k: v.detach().clone() for k, v in agent.model.named_parameters()}
+        return {k: v.detach().clone() for k, v in model.named_parameters()}
 
     start = snapshot()
     for _ in range(2):
-        transfer.world_model_update(agent, replay.sample(2, rng))
+        model.update(replay.sample(2, rng))
     frozen = snapshot()
     for name in ("world.encoder.", "world.rssm."):
         assert all(torch.equal(start[k], frozen[k]) for k in start if k.startswith(name)), name
     assert any(not torch.equal(start[k], frozen[k]) for k in start if k.startswith("action_encoder."))
-    transfer.world_model_update(agent, replay.sample(2, rng))  # the third update trains them too
+    model.update(replay.sample(2, rng))  # the third update trains them too
+    assert int(model.updates) == 3
     assert any(not torch.equal(frozen[k], v) for k, v in snapshot().items() if k.startswith("world.rssm."))
 
 
@@ -113,14 +127,14 @@ def test_fine_tuning_from_scratch_lowers_the_error_on_its_episodes(clips):
     curve = transfer.transfer("dreamerv2", None, params, train, test, 0, progress=lambda: calls.append(1))
     assert curve.updates == [0, 100] and len(calls) == len(curve.losses) == 100
     assert curve.train_mse[1] < 0.9 * curve.train_mse[0]
-    assert all(np.isfinite(curve.mse)) and len(curve.mse_per_step[0]) == transfer.HORIZON
+    assert all(np.isfinite(curve.mse)) and len(curve.mse_per_step[0]) == HORIZON
     # PSNR is averaged per frame: by Jensen at least the PSNR of the mean squared error
     assert all(db >= -10 * np.log10(mse) for db, mse in zip(curve.psnr, curve.mse, strict=True))
 
 
 def test_copy_last_frame_baseline_is_exact_for_a_still_video(clips):
-    batch = transfer.windows([transfer.to_episode(clips[0])], limit=1)
-    still = {**batch, "frames": np.repeat(batch["frames"][:, :1], transfer.WINDOW, axis=1)}
-    assert transfer.copy_last_mse(still).abs().max() == 0
-    assert transfer.copy_last_mse(batch).shape == (1, transfer.HORIZON)
-    assert transfer.copy_last_mse(batch)[0, -1] > 0  # the drawer moves
+    frames = torch.from_numpy(transfer.episode_windows([transfer.to_episode(clips[0])], EVALUATE)["frames"])
+    still = frames[:, :1].repeat(1, WINDOW, 1, 1, 1)
+    assert prediction.copy_last_frame_mse(still, CONTEXT).abs().max() == 0
+    assert prediction.copy_last_frame_mse(frames, CONTEXT).shape == (1, HORIZON)
+    assert prediction.copy_last_frame_mse(frames, CONTEXT)[0, -1] > 0  # the drawer moves

@@ -83,3 +83,40 @@ def test_dvc_repro_tiny_profile(tiny_repo):
     assert "Running stage" not in again.stdout, again.stdout
     status = _run([*dvc, "status", "dvc.yaml"], repo, env)  # the default pipeline (not external/)
     assert "up to date" in status.stdout.lower(), status.stdout
+
+
+def test_readme_sweep_two_experiments_then_exp_show_and_mlflow(tiny_repo):
+    """The README's sweep: one `dvc exp run -S` per value of a pre-training parameter (pre-training only),
+    `dvc exp show` lists both experiments with their value and metrics, and MLflow holds both runs."""
+    import mlflow
+
+    repo, env = tiny_repo
+    dvc = [sys.executable, "-m", "dvc"]
+    for cmd in (["git", "config", "user.email", "t@t"], ["git", "config", "user.name", "t"]):
+        _run(cmd, repo, env)  # `dvc exp run` commits the workspace's changes to an experiment ref
+    values = (0.5, 2.0)  # not the default 1.0: DVC's run cache would restore that run instead of running it
+    for value in values:
+        _run([*dvc, "exp", "run", "pretrain@prelar", "-S", f"model.beta_r={value}"], repo, env)
+
+    shown = json.loads(_run([*dvc, "exp", "show", "--json"], repo, env).stdout)
+    experiments = [rev for base in shown for exp in base.get("experiments") or [] for rev in exp["revs"]]
+    final = {}  # beta_r -> the experiment's final pre-training loss
+    for exp in experiments:
+        data = exp["data"]
+        beta_r = data["params"]["params.yaml"]["data"]["model"]["beta_r"]
+        final[beta_r] = data["metrics"]["metrics/pretrain_prelar.json"]["data"]["train/total"]
+    assert sorted(final) == sorted(values), shown
+    assert final[0.5] != final[2.0]  # β_r weights the consistency term of the loss (Eq. 9)
+
+    tracking = yaml.safe_load((repo / "params.yaml").read_text())["mlflow"]
+    assert tracking["tracking_uri"] == "sqlite:///mlflow.db"  # relative: the repository root, where DVC runs
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(tracking["experiment"])
+    runs = client.search_runs(
+        [experiment.experiment_id], filter_string="tags.stage = 'pretrain' and tags.method = 'prelar'"
+    )
+    logged = {run.data.params["model.beta_r"]: run for run in runs}
+    for value in values:
+        run = logged[str(value)]
+        assert run.info.status == "FINISHED"
+        assert run.data.metrics["train/total"] == pytest.approx(final[value])

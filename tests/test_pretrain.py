@@ -92,7 +92,7 @@ def tiny_params(tracking_uri: str, **pretrain_overrides) -> config.Params:
             "precision": "fp32",
             "device": "cpu",
             "eval_clips": 0,
-            "probe_clips": 0,
+            "probe": False,
             **pretrain_overrides,
         },
     }
@@ -190,8 +190,8 @@ def test_cli_end_to_end_writes_metrics_figures_and_an_mlflow_run(shards, trackin
             "2",
             "--run-name",
             "apv-test",
-            "--set",
-            "model.action_free=true",
+            "--variant",
+            "apv",
             "--set",
             f"mlflow.tracking_uri={tracking_uri}",
             "--set",
@@ -225,11 +225,11 @@ def test_cli_end_to_end_writes_metrics_figures_and_an_mlflow_run(shards, trackin
 
 def test_set_rejects_unknown_keys_and_bad_values():
     params = config.resolve({})
-    assert config.override(params, ["model.deter=64"]).model.deter == 64
+    assert config.override(params, {"model.deter": 64}).model.deter == 64
     with pytest.raises(config.ConfigError, match="unknown parameter 'model.detr'"):
-        config.override(params, ["model.detr=64"])
+        config.override(params, {"model.detr": 64})
     with pytest.raises(config.ConfigError, match="invalid value"):
-        config.override(params, ["pretrain.precision=fp16"])
+        config.override(params, {"pretrain.precision": "fp16"})
 
 
 def test_tracking_uri_is_made_absolute_against_the_working_directory(tmp_path):
@@ -240,3 +240,19 @@ def test_tracking_uri_is_made_absolute_against_the_working_directory(tmp_path):
         "model.deter": "1",
         "model.sub.x": "[1, 2]",
     }
+
+
+def test_a_final_evaluation_that_raises_fails_the_run_and_a_rerun_reopens_it(shards, tracking_uri, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    (tmp_path / "figures").write_text("a file where the evaluation's figures folder goes")
+    with pytest.raises(FileExistsError):
+        pretrain.pretrain(tiny_params(tracking_uri, steps=2, eval_clips=2), shards, tmp_path)
+    run_id = checkpoint.load(tmp_path / "checkpoint.pt")["extra"]["mlflow_run_id"]  # training itself finished
+    client = MlflowClient(tracking.resolve_tracking_uri(tracking_uri))
+    run = client.get_run(run_id)
+    assert run.info.status == "FAILED" and run.info.run_name == "pretrain/prelar"
+    (tmp_path / "figures").unlink()
+    result = pretrain.pretrain(tiny_params(tracking_uri, steps=2, eval_clips=2), shards, tmp_path)
+    assert result["pred_clips"] >= 1
+    assert client.get_run(run_id).info.status == "FINISHED"  # the same run, reopened by its id

@@ -102,18 +102,19 @@ def test_open_loop_and_latent_action_inference():
     mean, std = wm.infer_latent_actions(frames)
     assert mean.shape == std.shape == (2, 6, 6)
     wm.train()
-    pred = wm.open_loop(frames, context=3, generator=torch.Generator().manual_seed(0), sample=False)
+    action = wm.action_input(mean)  # [2, 7, 6]: step t gets ã_{t-1}
+    pred = wm.open_loop(frames, 3, action, generator=torch.Generator().manual_seed(0), sample=False)
     assert pred.shape == (2, 4, 3, 64, 64) and pred.dtype == torch.uint8
     assert wm.training  # mode restored
-    shuffled = wm.open_loop(frames, context=3, latent_actions=mean.flip(0) * 5, sample=False)
+    shuffled = wm.open_loop(frames, 3, wm.action_input(mean.flip(0) * 5), sample=False)
     assert shuffled.shape == pred.shape
     assert not torch.equal(shuffled, pred)  # the prediction depends on the latent actions
     with pytest.raises(ValueError, match="T-1"):
-        wm.open_loop(frames, context=3, latent_actions=mean[:, :-1])
+        wm.open_loop(frames, 3, mean)  # latent actions, not the RSSM's action input
     with pytest.raises(ValueError, match="context"):
-        wm.open_loop(frames, context=7)
+        wm.open_loop(frames, 7, action)
     free = _model(action_free=True)
-    assert free.open_loop(frames, context=5).shape == (2, 2, 3, 64, 64)
+    assert free.open_loop(frames, 5, None).shape == (2, 2, 3, 64, 64)
     with pytest.raises(ValueError, match="action-free"):
         free.infer_latent_actions(frames)
     with pytest.raises(TypeError, match="uint8"):

@@ -23,8 +23,7 @@ from torch import nn
 
 from prelar import config, device
 from prelar.nets.heads import MLP
-
-State = dict[str, torch.Tensor]
+from prelar.nets.rssm import State
 
 
 def lambda_return(

@@ -33,15 +33,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from prelar import checkpoint, config, device, tracking
+from prelar import checkpoint, config, device, methods, seeding, tracking
+from prelar import metrics as names
 from prelar.agent.behavior import ActorCritic
-from prelar.agent.model import ACTION_DIM, METHODS, FinetuneModel, load_pretrained
+from prelar.agent.model import ACTION_DIM, FinetuneModel, load_pretrained
 from prelar.agent.replay import Episode, Replay
-from prelar.cli import add_set_option
 from prelar.world_model import WorldModel, evaluating
 
-CHECKPOINT = "checkpoint.pt"
-METRICS = "metrics.json"
 CURVE = "curve.csv"
 # Finetune parameters that may change between a run and its resumption (they do not alter what is learnt).
 RESUMABLE = {
@@ -58,7 +56,7 @@ RESUMABLE = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--method", choices=sorted(METHODS), default=None, help="finetune.method")
+    parser.add_argument("--method", choices=list(methods.METHODS), default=None, help="finetune.method")
     parser.add_argument(
         "--task", default=None, help="Meta-world v3 task, e.g. drawer-open-v3 (finetune.task)"
     )
@@ -73,34 +71,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", default=None, help="run folder (default: finetune.out/<method>/<task>/seed<N>)"
     )
-    add_set_option(parser, "finetune.batch_size=16")
+
+
+def updates(params: config.Params, args: argparse.Namespace) -> dict[str, Any]:
+    """The `finetune` parameters the flags stand for (`--set` applies after them)."""
+    named = ("method", "task", "seed", "pretrained", "env_steps")
+    return {f"finetune.{k}": getattr(args, k) for k in named if getattr(args, k) is not None}
 
 
 def run(params: config.Params, args: argparse.Namespace) -> int:
-    named = {
-        "method": args.method,
-        "task": args.task,
-        "seed": args.seed,
-        "pretrained": args.pretrained,
-        "env_steps": args.env_steps,
-    }
-    sets = [f"finetune.{k}={json.dumps(v)}" for k, v in named.items() if v is not None] + list(args.set)
-    params = config.override(params, sets)
-    spec = METHODS.get(params.finetune.method)
-    if params.finetune.pretrained is None and spec is not None and spec.pretrained:
-        default = Path(params.pretrain.out) / spec.variant / "checkpoint.pt"
-        params = config.override(params, [f"finetune.pretrained={json.dumps(str(default))}"])
+    method = methods.method(params.finetune.method)
+    if params.finetune.pretrained is None and method.pretrained:
+        default = Path(params.pretrain.out) / method.variant / checkpoint.FILENAME
+        params = config.override(params, {"finetune.pretrained": str(default)})
     finetune(params, args.out)
     return 0
 
 
 def default_out(cfg: config.Finetune) -> Path:
     return Path(cfg.out) / cfg.method / cfg.task / f"seed{cfg.seed}"
-
-
-def _seed(*parts: int) -> int:
-    """A 63-bit seed mixed from integers (run seed, stream, index)."""
-    return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint64)[0] >> 1)
 
 
 def validate(params: config.Params) -> None:
@@ -118,7 +107,7 @@ def validate(params: config.Params) -> None:
             f"finetune.segment_length: segments of {cfg.segment_length} steps do not fit in an episode of "
             f"{cfg.max_episode_steps + 1} frames; lower it or raise finetune.max_episode_steps"
         )
-    if cfg.segment_length < cfg.bonus.window and METHODS[cfg.method].bonus:
+    if cfg.segment_length < cfg.bonus.window and methods.method(cfg.method).bonus:
         raise config.ConfigError(
             f"finetune.bonus.window: {cfg.bonus.window} is longer than a segment "
             f"({cfg.segment_length}); lower it"
@@ -129,7 +118,8 @@ def validate(params: config.Params) -> None:
 
 
 class Agent(nn.Module):
-    """The fine-tuned model and the actor-critic, with the world model's optimiser."""
+    """What the online loop drives: the fine-tuning model (`prelar.agent.model`, with its optimiser and
+    world-model update) and the actor-critic that acts on its states and learns in its imagination."""
 
     def __init__(self, params: config.Params, pretrained: nn.Module | None, dev: torch.device):
         super().__init__()
@@ -139,14 +129,6 @@ class Agent(nn.Module):
         self.behavior = ActorCritic(self.model.feat_dim, ACTION_DIM, cfg.behavior)
         self.to(dev)
         self.device = dev
-        groups = [{"params": self.model.trained_params, "lr": cfg.model_lr}]
-        if self.model.frozen_params:
-            groups.append({"params": self.model.frozen_params, "lr": cfg.model_lr})
-        self.model_opt = torch.optim.Adam(groups, lr=cfg.model_lr, eps=cfg.model_eps)
-        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        return device.autocast(self.device, self.cfg.precision)
 
     @torch.no_grad()
     def act(self, frame: np.ndarray, prev_action: np.ndarray, is_first: bool, state, explore: bool):
@@ -155,34 +137,16 @@ class Agent(nn.Module):
         # contiguous: a permuted HWC view (odd strides) sends CPU convolutions down a ~10x slower path
         frame_t = torch.from_numpy(frame).permute(2, 0, 1).contiguous()[None].to(dev)  # [1, 3, 64, 64]
         action_t = torch.from_numpy(prev_action)[None].to(dev)  # [1, A]
-        with evaluating(self), self.autocast():
+        with evaluating(self), self.model.autocast():
             state = self.model.observe_step(frame_t, action_t, torch.tensor([is_first], device=dev), state)
             policy = self.behavior.actor(self.model.features(state))
             action = policy.rsample() if explore else policy.mode()
         return action[0].float().cpu().numpy(), state
 
-    def update_world_model(self, batch: dict[str, np.ndarray]) -> tuple[dict[str, float], dict]:
-        """One world-model step (Eq. 11): (metrics, posterior states [B, T, ..]). Does not count an update."""
-        cfg = self.cfg
-        data = {k: torch.from_numpy(v).to(self.device) for k, v in batch.items()}
-        if self.model.frozen_params:  # encoder and RSSM at lr 0 for the first `freeze_updates` updates
-            self.model_opt.param_groups[1]["lr"] = (
-                0.0 if int(self.updates) < cfg.freeze_updates else cfg.model_lr
-            )
-        self.model.train()
-        with self.autocast():
-            loss, metrics, start = self.model.loss(data)
-        self.model_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        params = [p for g in self.model_opt.param_groups for p in g["params"]]
-        metrics["grad_norm"] = float(nn.utils.clip_grad_norm_(params, cfg.model_grad_clip))
-        self.model_opt.step()
-        return metrics, start
-
     def update(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
         """One world-model step (Eq. 11) and one actor-critic step from its posterior states."""
         t0 = time.perf_counter()
-        metrics, start = self.update_world_model(batch)
+        metrics, start = self.model.update(batch)
         device.synchronize(self.device)
         metrics = {f"model/{k}": v for k, v in metrics.items()}
         metrics["time/world_model_s"] = time.perf_counter() - t0
@@ -193,11 +157,10 @@ class Agent(nn.Module):
             self.model.features,
             self.model.task_reward,
             self.model,
-            self.autocast,
+            self.model.autocast,
         )
         metrics.update({k if k.startswith("time/") else f"behavior/{k}": v for k, v in ac.items()})
         metrics["time/update_s"] = time.perf_counter() - t0
-        self.updates.add_(1)
         return metrics
 
 
@@ -211,7 +174,7 @@ class Collector:
         self.stream = seed_stream
         self.env = make_env(
             cfg.task,
-            seed=_seed(cfg.seed, seed_stream),
+            seed=seeding.mix(cfg.seed, seed_stream),
             camera=cfg.camera,
             max_steps=cfg.max_episode_steps,
             fast_render=cfg.fast_render,
@@ -219,7 +182,7 @@ class Collector:
 
     def reset(self, index: int) -> None:
         """Start episode `index` (its object and goal positions depend only on seed and index)."""
-        frame, _ = self.env.reset(seed=_seed(self.cfg.seed, self.stream, index))
+        frame, _ = self.env.reset(seed=seeding.mix(self.cfg.seed, self.stream, index))
         self.frames = [frame]
         self.actions = [np.zeros(ACTION_DIM, np.float32)]
         self.rewards = [0.0]
@@ -308,11 +271,13 @@ def finetune(
     out = Path(out) if out is not None else default_out(cfg)
     out.mkdir(parents=True, exist_ok=True)
     dev = device.resolve_device(cfg.device)
-    path = out / CHECKPOINT
+    precision = device.choose_precision(cfg.precision, dev)
+    print(f"finetune: {precision.name} on {dev} ({precision.reason})")
+    path = out / checkpoint.FILENAME
     ckpt = checkpoint.load(path, map_location=dev) if path.exists() else None
     if ckpt is not None:
         _check_resumable(path, ckpt, cfg)
-    torch.manual_seed(_seed(cfg.seed, 0))
+    torch.manual_seed(seeding.mix(cfg.seed, 0))
     if ckpt is None:
         pretrained, pre_ckpt = load_pretrained(cfg.method, cfg.pretrained, params.model)
         extra: dict[str, Any] = {
@@ -339,11 +304,11 @@ def finetune(
         pretrained = None if saved is None else WorldModel(config.Model(**saved))
     agent = Agent(params, pretrained, dev)
     replay = Replay(cfg.replay_capacity, cfg.segment_length, out / "replay")
-    rng = np.random.default_rng(_seed(cfg.seed, 1))
+    rng = np.random.default_rng(seeding.mix(cfg.seed, 1))
     step = 0
     if ckpt is not None:
         agent.load_state_dict(ckpt["model"])
-        agent.model_opt.load_state_dict(ckpt["optimizer"])
+        agent.model.optimizer.load_state_dict(ckpt["optimizer"])
         agent.behavior.load_optimizers_state(ckpt["extra"]["behavior_opt"])
         checkpoint.set_rng_state(ckpt["rng"][0])
         rng.bit_generator.state = ckpt["extra"]["numpy_rng"]
@@ -352,28 +317,22 @@ def finetune(
     else:
         replay.restore(0)  # clears episodes a killed run wrote before its first checkpoint
 
-    mlflow_run = tracking.start_run(
-        params,
-        params.mlflow.tracking_uri,
-        params.mlflow.experiment,
-        run_name=f"{cfg.method}-{cfg.task}-seed{cfg.seed}",
-        tags={
-            "stage": "finetune",
-            "method": cfg.method,
-            "task": cfg.task,
-            "seed": str(cfg.seed),
-            "out": str(out),
-            "pretrained": str(extra["pretrained"]),
-        },
-        resume_run_id=extra["mlflow_run_id"],
-    )
-    extra["mlflow_run_id"] = mlflow_run.run_id
+    tags = {
+        names.TAG_STAGE: "finetune",
+        names.TAG_METHOD: cfg.method,
+        names.TAG_TASK: cfg.task,
+        names.TAG_SEED: str(cfg.seed),
+        "out": str(out),
+        "pretrained": str(extra["pretrained"]),
+        "precision": precision.name,
+        "precision.reason": precision.reason,
+    }
 
     def save() -> None:
         checkpoint.save(
             path,
             model=agent,
-            optimizer=agent.model_opt,
+            optimizer=agent.model.optimizer,
             step=step,
             model_config={"method": cfg.method, **agent.model.world.cfg.model_dump()},
             rng=[checkpoint.rng_state()],
@@ -393,11 +352,22 @@ def finetune(
     evaluator = Collector(cfg, seed_stream=3)
     collector.reset(replay.added)
     means, perf = _Means(), _Means()
-    episode_return, last_saved, status = 0.0, step, "FAILED"
+    episode_return, last_saved = 0.0, step
     bar = tqdm(
         total=cfg.env_steps, initial=step, desc=f"finetune {cfg.method} {cfg.task}", dynamic_ncols=True
     )
-    try:
+    with (
+        tracking.stage_run(
+            params,
+            f"finetune/{cfg.method}/{cfg.task}/seed{cfg.seed}",
+            tags,
+            resume_run_id=extra["mlflow_run_id"],
+        ) as mlflow_run,
+        bar,
+        contextlib.closing(collector),
+        contextlib.closing(evaluator),
+    ):
+        extra["mlflow_run_id"] = mlflow_run.run_id  # a resumption reopens it
         while step < cfg.env_steps:
             t0 = time.perf_counter()
             if step < cfg.prefill:
@@ -435,7 +405,7 @@ def finetune(
                     logged["perf/env_steps_per_s"] = 1.0 / logged["time/env_step_s"]
                 logged["replay/steps"] = replay.steps
                 mlflow_run.log_metrics(logged, step=step)
-                bar.set_postfix(ret=f"{episode_return:.0f}", updates=int(agent.updates))
+                bar.set_postfix(ret=f"{episode_return:.0f}", updates=int(agent.model.updates))
             if done:
                 if step - last_saved >= cfg.checkpoint_every:
                     save()
@@ -452,29 +422,20 @@ def finetune(
                 )
         if step != last_saved or not path.exists():
             save()
-        status = "FINISHED"
-    finally:
-        bar.close()
-        collector.close()
-        evaluator.close()
-        if status == "FAILED":
-            mlflow_run.end("FAILED")
-
-    curve = extra["curve"]
-    result = {
-        "method": cfg.method,
-        "task": cfg.task,
-        "seed": cfg.seed,
-        "env_steps": step,
-        "updates": int(agent.updates),
-        "episodes": replay.added,
-        "final_success": curve[-1]["success"] if curve else None,
-        "final_return": curve[-1]["return"] if curve else None,
-        "replay/bytes_per_step": replay.nbytes / max(replay.steps, 1),
-    }
-    (out / METRICS).write_text(json.dumps(result, indent=2) + "\n")
-    mlflow_run.log_artifacts([out / METRICS, out / CURVE])
-    mlflow_run.end(status)
+        curve = extra["curve"]
+        result = {
+            "method": cfg.method,
+            "task": cfg.task,
+            "seed": cfg.seed,
+            "env_steps": step,
+            "updates": int(agent.model.updates),
+            "episodes": replay.added,
+            "final_success": curve[-1]["success"] if curve else None,
+            "final_return": curve[-1]["return"] if curve else None,
+            "replay/bytes_per_step": replay.nbytes / max(replay.steps, 1),
+        }
+        (out / tracking.METRICS).write_text(json.dumps(result, indent=2) + "\n")
+        mlflow_run.log_artifacts([out / tracking.METRICS, out / CURVE])
     return result
 
 
@@ -491,7 +452,7 @@ def evaluate(agent: Agent, evaluator: Collector, step: int, out: Path, mlflow_ru
             _write_gif(video, episode.frames, cfg.video_fps)
             mlflow_run.log_artifacts([video], "videos")
     row = {"env_step": step, "success": float(np.mean(successes)), "return": float(np.mean(returns))}
-    mlflow_run.log_metrics({"eval/success_rate": row["success"], "eval/return": row["return"]}, step=step)
+    mlflow_run.log_metrics({names.SUCCESS_RATE: row["success"], names.RETURN: row["return"]}, step=step)
     return row
 
 

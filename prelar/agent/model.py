@@ -20,14 +20,15 @@ Shape legend: B batch, T time, A real action dims, L latent action dims, F featu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from prelar import checkpoint, config, losses
+from prelar import checkpoint, config, device, losses, methods
 from prelar.agent.action_encoder import ActionEncoder
 from prelar.agent.bonus import IntrinsicBonus
 from prelar.nets.heads import MLP
@@ -37,60 +38,12 @@ from prelar.world_model import StackedWorldModel, WorldModel, preprocess
 ACTION_DIM = 4  # Meta-world: end-effector xyz displacement + gripper
 
 
-@dataclass(frozen=True)
-class Method:
-    """What a fine-tuning method loads and how it feeds actions; `expects` are the checkpoint's switches."""
-
-    expects: dict[str, bool] | None  # None: random init (no checkpoint)
-    variant: str | None = None  # the `prelar pretrain --variant` whose checkpoint it loads by default
-    stacked: bool = False  # APV's stacked model on top of the pre-trained one
-    action_encoder: bool = False  # real action → latent action (PreLAR); else real actions directly
-    bonus: bool = False
-
-    @property
-    def pretrained(self) -> bool:
-        return self.expects is not None
-
-
-METHODS: dict[str, Method] = {
-    "dreamerv2": Method(expects=None),
-    "apv": Method(expects={"action_free": True}, variant="apv", stacked=True, bonus=True),
-    "prelar": Method(
-        expects={"action_free": False, "use_consistency": True, "use_action_kl": True},
-        variant="prelar",
-        action_encoder=True,
-        bonus=True,
-    ),
-    "prelar_no_cl": Method(
-        expects={"action_free": False, "use_consistency": False, "use_action_kl": True},
-        variant="prelar_no_cl",
-        action_encoder=True,
-        bonus=True,
-    ),
-    "prelar_no_cl_al": Method(
-        expects={"action_free": False, "use_consistency": False, "use_action_kl": False},
-        variant="prelar_no_cl_al",
-        action_encoder=True,
-        bonus=True,
-    ),
-    "naive_ft": Method(expects={"action_free": True}, variant="apv"),
-}
-
-
-def method_spec(name: str) -> Method:
-    if name not in METHODS:
-        raise config.ConfigError(f"finetune.method: unknown method '{name}'; choose one of {sorted(METHODS)}")
-    return METHODS[name]
-
-
-def _suggest(model_cfg: dict[str, Any]) -> str:
-    """The methods a checkpoint with these switches can be fine-tuned with."""
-    fits = [
-        n
-        for n, m in METHODS.items()
-        if m.expects and all(model_cfg.get(k) == v for k, v in m.expects.items())
-    ]
-    return ", ".join(fits) if fits else "none"
+def method_spec(name: str) -> methods.Method:
+    """The registered method `name` (prelar/methods.py); a ConfigError naming `finetune.method` otherwise."""
+    try:
+        return methods.method(name)
+    except ValueError as err:
+        raise config.ConfigError(f"finetune.method: {err}") from None
 
 
 def load_pretrained(
@@ -115,12 +68,13 @@ def load_pretrained(
     except ValueError as err:
         raise config.ConfigError(f"finetune.pretrained: {err}") from None
     cfg = dict(ckpt["model_config"])
-    wrong = {k: cfg.get(k) for k, v in spec.expects.items() if cfg.get(k) != v}
+    wrong = spec.mismatch(cfg)
     if wrong:
+        expects = dict(spec.expects)
         raise config.ConfigError(
             f"finetune.pretrained: {path} has model switches {wrong}, but method '{method}' needs "
-            f"{spec.expects}; fine-tune it with --method {_suggest(cfg)} or pass a checkpoint pre-trained "
-            f"with {spec.expects}"
+            f"{expects}; fine-tune it with --method {', '.join(methods.fitting(cfg)) or 'none'} or pass a "
+            f"checkpoint pre-trained with {expects}"
         )
     if not cfg["action_free"] and cfg["latent_action_dim"] != model_params.latent_action_dim:
         raise config.ConfigError(
@@ -143,7 +97,9 @@ def load_pretrained(
 
 
 class FinetuneModel(nn.Module):
-    """World model + action encoder + reward heads + intrinsic bonus: the model of Eq. 10, loss of Eq. 11."""
+    """World model + action encoder + reward heads + intrinsic bonus: the model of Eq. 10, loss of Eq. 11,
+    with its Adam optimiser and `update` (one step of Eq. 11). Online fine-tuning (`prelar.agent.finetune`)
+    and offline transfer (`prelar.evaluate.transfer`) both train it through `update`."""
 
     def __init__(self, method: str, params: config.Params, pretrained: WorldModel | None):
         super().__init__()
@@ -198,10 +154,22 @@ class FinetuneModel(nn.Module):
         trained = [p for n, p in self.named_parameters() if not n.startswith("world.action_free.decoder.")]
         self.frozen_params = [p for p in trained if id(p) in frozen_ids]
         self.trained_params = [p for p in trained if id(p) not in frozen_ids]
+        # one Adam over both groups; `.to(device)` later keeps the parameters (moved in place), so it follows
+        groups = [{"params": params} for params in (self.trained_params, self.frozen_params) if params]
+        self.optimizer = torch.optim.Adam(groups, lr=cfg.model_lr, eps=cfg.model_eps)
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))  # world-model updates taken
 
     @property
     def feat_dim(self) -> int:
         return self.world.rssm.feat_dim
+
+    @property
+    def device(self) -> torch.device:
+        return self.updates.device
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """`finetune.precision` on the model's device (`prelar.device.autocast`)."""
+        return device.autocast(self.device, self.cfg.precision)
 
     def latent_action(self, action: torch.Tensor) -> torch.Tensor:
         """Real actions [.., A] → what the RSSM's action slot receives ([.., L] or the actions themselves)."""
@@ -260,6 +228,26 @@ class FinetuneModel(nn.Module):
         metrics["total"] = total
         start = {k: post[k] for k in ("deter", "stoch", "logits")}
         return total, {k: float(v.detach()) for k, v in metrics.items()}, start
+
+    def update(self, batch: dict[str, np.ndarray]) -> tuple[dict[str, float], State]:
+        """One world-model step (Eq. 11) on replayed segments (`Replay.sample`'s numpy batch), counted in
+        `updates`: (metrics with the gradient norm before clipping, posterior states [B, T, ..] for
+        imagination). The `frozen` group learns at lr 0 for the first `freeze_updates` updates."""
+        cfg = self.cfg
+        data = {k: torch.from_numpy(v).to(self.device) for k, v in batch.items()}
+        if self.frozen_params:
+            frozen = int(self.updates) < cfg.freeze_updates
+            self.optimizer.param_groups[1]["lr"] = 0.0 if frozen else cfg.model_lr
+        self.train()
+        with self.autocast():
+            loss, metrics, start = self.loss(data)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        metrics["grad_norm"] = float(nn.utils.clip_grad_norm_(params, cfg.model_grad_clip))
+        self.optimizer.step()
+        self.updates.add_(1)
+        return metrics, start
 
 
 def _index_time(state: State, t: int) -> State:

@@ -6,11 +6,12 @@ A source is any object (a module such as `prelar.data.metaworld`) with two funct
     load_clip(ref, cfg) -> Clip                                               or raises ClipRejected
 
 The output folder holds `shard-000000.tar`, ... (see `prelar.data.shards`), `manifest.parquet` (one row per
-clip), `rejects.parquet` (path, reason), `contact_sheet.png` and `metrics.json`. It is built in
-`<out>.partial/` and renamed to `<out>` only when complete, so a half-finished run never looks finished. A
-rerun after an interruption resumes from the last complete shard when the source lists the same clips
-under the same parameters (a fingerprint recorded in `<out>.partial/.progress/`), else starts over; the
-result is byte-identical to an uninterrupted run.
+clip), `rejects.parquet` (path, reason), `contact_sheet.png` and `metrics.json` (counts only: the folder is
+a function of the inputs, so its DVC hash is the same on every run; the timings go to the `--metrics` file).
+It is built in `<out>.partial/` and renamed to `<out>` only when complete, so a half-finished run never
+looks finished. A rerun after an interruption resumes from the last complete shard when the source lists
+the same clips under the same parameters (a fingerprint recorded in `<out>.partial/.progress/`), else
+starts over; the result is byte-identical to an uninterrupted run.
 
 Decoding runs in a `ProcessPoolExecutor` (`shards.workers` processes; 0 decodes in this process) whose
 ordered `map` keeps the output independent of the number of workers. Unlike `multiprocessing.Pool`, which
@@ -94,13 +95,12 @@ class IngestSummary:
         return ", ".join(f"{kind}: {n}" for kind, n in kinds.most_common()) or "none"
 
     def metrics(self) -> dict[str, Any]:
-        return {
-            "clips": self.clips,
-            "rejects": len(self.rejects),
-            "frames": self.frames,
-            "seconds": round(self.seconds, 3),
-            "frames_per_s": round(self.frames_per_s, 1),
-        }
+        """What the output holds: the same inputs give the same numbers (written into the output folder)."""
+        return {"clips": self.clips, "rejects": len(self.rejects), "frames": self.frames}
+
+    def timings(self) -> dict[str, float]:
+        """How fast it went: differs run to run, so kept out of the output folder (its DVC hash)."""
+        return {"seconds": round(self.seconds, 3), "frames_per_s": round(self.frames_per_s, 1)}
 
     def __str__(self) -> str:
         return (
@@ -323,7 +323,7 @@ def ingest(
 
     source: a module or object with `list_clips` and `load_clip` (see the module docstring).
     source_cfg: the source's config section (its `resize`, if any, is the resize policy; else "squash").
-    shards_cfg: `config.Shards`. metrics_path: a second copy of metrics.json (for a DVC metrics file).
+    shards_cfg: `config.Shards`. metrics_path: metrics.json plus the timings (for a DVC metrics file).
     Raises FileNotFoundError when the source's root is missing, IngestError when no clip is valid.
     """
     out = Path(out_dir)
@@ -364,7 +364,8 @@ def ingest(
     except BrokenProcessPool:
         raise IngestError(
             f"{out}: a decode worker died (a crash in a decoder or renderer) on {refs[state.next_ref].path} "
-            f"or the {chunksize - 1} clips after it; rerun to resume, or with --workers 0 to see the crash"
+            f"or the {chunksize - 1} clips after it; rerun to resume, or with --set data.shards.workers=0 "
+            "to see the crash"
         ) from None
     finally:
         bar.close()
@@ -392,26 +393,22 @@ def ingest(
     _publish(work, out)
     if metrics_path is not None:
         Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
-        _write_json(Path(metrics_path), summary.metrics())
+        _write_json(Path(metrics_path), {**summary.metrics(), **summary.timings()})
     log.info("%s", summary)
     return summary
 
 
 def ingest_from_cli(params, args) -> int:
-    """`prelar ingest <source>`: CLI options (None: params.yaml) override the source's and shards' config.
+    """`prelar ingest <source>`: ingest `data.<source>` with `data.shards` (the CLI applied its flags and
+    `--set` to `params`); `args.metrics`: where the metrics JSON also goes, or None.
 
     Prints the summary and returns the exit code (1 when no clip is valid). FileNotFoundError (a missing
     source root) propagates: the CLI prints it and exits 2.
     """
-    section = getattr(params.data, args.source)
-    update = {k: getattr(args, k) for k in type(section).model_fields if getattr(args, k, None) is not None}
-    source_cfg = type(section).model_validate({**section.model_dump(), **update})
-    shards_cfg = params.data.shards
-    if getattr(args, "workers", None) is not None:
-        shards_cfg = type(shards_cfg).model_validate({**shards_cfg.model_dump(), "workers": args.workers})
+    source_cfg = getattr(params.data, args.source)
     source = importlib.import_module(f"prelar.data.{args.source}")
     try:
-        summary = ingest(source, source_cfg, shards_cfg, source_cfg.out, getattr(args, "metrics", None))
+        summary = ingest(source, source_cfg, params.data.shards, source_cfg.out, args.metrics)
     except IngestError as err:
         print(f"prelar: error: {err}", file=sys.stderr, flush=True)
         return 1

@@ -10,12 +10,12 @@ one episode show the same trajectory. The downstream tasks (`cfg.exclude`) are n
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from collections import OrderedDict
 
 import numpy as np
 
+from prelar import seeding
 from prelar.config import ConfigError, MetaworldSource
 from prelar.data.clip import Clip, ClipRef
 from prelar.envs.metaworld import (
@@ -84,9 +84,8 @@ def list_clips(cfg: MetaworldSource) -> tuple[list[ClipRef], list[tuple[str, str
 
 
 def episode_seed(seed: int, task: str, episode: int) -> int:
-    """A 32-bit seed for one episode, stable across processes and Python versions (unlike hash())."""
-    digest = hashlib.sha256(f"{seed}/{task}/{episode}".encode()).digest()
-    return int.from_bytes(digest[:4], "little")
+    """A 32-bit seed for one episode (32 bits: the values every ingested episode was rendered with)."""
+    return seeding.mix(seed, task, episode, bits=32)
 
 
 _envs: OrderedDict[tuple, MetaworldEnv] = OrderedDict()

@@ -73,7 +73,10 @@ def list_clips(cfg: RLBenchSource) -> tuple[list[ClipRef], list[tuple[str, str]]
                 for camera in cfg.cameras:
                     cam_dir = episodes_dir / ep_name / f"{camera}_rgb"
                     if not cam_dir.is_dir():
-                        reason = f"no {camera}_rgb folder (camera not rendered? pick cameras with --cameras)"
+                        reason = (
+                            f"no {camera}_rgb folder (camera not rendered? pick cameras with "
+                            "--set data.rlbench.cameras=[front,wrist])"
+                        )
                         rejects.append((str(cam_dir), reason))
                         continue
                     clip_id = f"{task}/{var_name}/{ep_name}/{camera}"

@@ -2,11 +2,11 @@
 
 Every (DDP rank, DataLoader worker) pair is one stream; streams read disjoint data. With at least as many
 shards as streams, stream s reads shards s, s + S, s + 2S, ... (S streams), in a new random order each
-pass; with fewer shards, every stream reads all shards (in order) and keeps clips whose index is s modulo
-S. Clips in the held-out split (`in_holdout(id, holdout_fraction)`) are never read for training. Each
-visit of a clip of L >= T frames yields max(1, L // T) windows at random offsets; clips shorter than T
-are skipped (counted in a warning). Windows pass through a shuffle buffer. Random numbers come from
-(seed, rank, worker), so a run is reproducible.
+pass; with fewer shards, every stream reads all shards (in order) and keeps the training clips whose index
+among them is s modulo S. Clips in the held-out split (`in_holdout(id, holdout_fraction)`) are never read
+for training. Each visit of a clip of L >= T frames yields max(1, L // T) windows at random offsets;
+clips shorter than T are skipped (counted in a warning). Windows pass through a shuffle buffer. Random
+numbers come from `seeding.mix(seed, rank, worker)`, so a run is reproducible.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from prelar import seeding
 from prelar.data.shards import in_holdout, read_shard, shard_paths
 
 log = logging.getLogger(__name__)
@@ -66,11 +67,11 @@ class SegmentDataset(IterableDataset):
             index, read, short, yielded = -1, 0, 0, 0
             for i in order:
                 for clip in read_shard(shards[i]):
-                    index += 1
                     clip_id = str(clip.meta["id"])
-                    if not by_shard and index % streams != stream:
-                        continue
                     if in_holdout(clip_id, self.holdout_fraction):
+                        continue
+                    index += 1  # among the training clips, so each stream gets some if S of them exist
+                    if not by_shard and index % streams != stream:
                         continue
                     read += 1
                     length = len(clip.frames)
@@ -97,7 +98,7 @@ class SegmentDataset(IterableDataset):
 
     def __iter__(self) -> Iterator[torch.Tensor | dict[str, Any]]:
         stream, streams, worker = self._stream()
-        rng = np.random.default_rng([self.seed, self.rank, worker])
+        rng = np.random.default_rng(seeding.mix(self.seed, self.rank, worker))
         buffer: list[dict[str, Any]] = []
         for item in self._windows(stream, streams, rng):
             if len(buffer) < self.shuffle_buffer:

@@ -33,6 +33,7 @@ import numpy as np
 from webdataset import TarWriter
 from webdataset.tariterators import group_by_keys
 
+from prelar import seeding
 from prelar.data.clip import Clip
 
 SHARD_PATTERN = "shard-{:06d}.tar"
@@ -239,9 +240,9 @@ def read_shard(path: str | Path) -> Iterator[Clip]:
 
 
 def in_holdout(clip_id: str, fraction: float) -> bool:
-    """Whether a clip belongs to the held-out split: a stable hash (sha1) of its id below `fraction`."""
-    digest = hashlib.sha1(clip_id.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+    """Whether a clip belongs to the held-out split: its id's seed (`seeding.mix`), as a fraction of its
+    range, below `fraction` (so a larger fraction holds out a superset)."""
+    return seeding.mix(clip_id, bits=64) / 2**64 < fraction
 
 
 def iter_clips(

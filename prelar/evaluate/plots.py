@@ -1,7 +1,9 @@
 """Figures of the report (matplotlib, headless) and the DVC plot templates for the same data.
 
 Every function takes plain tables (pandas DataFrames in the long format the report writes as CSV) and
-returns a `Figure`; the report saves it as PNG and embeds it. Intervals are drawn as shaded bands.
+returns a `Figure`; the report saves it as PNG and embeds it. Intervals are drawn as shaded bands. The
+aggregate statistics use rliable's own plots (`rliable.plot_utils`, imported in those functions only: the
+evaluation stages draw without it), coloured like the rest.
 """
 
 from __future__ import annotations
@@ -103,24 +105,79 @@ def band_panels(
     return fig
 
 
-def interval_estimates(summary: pd.DataFrame) -> Figure:
-    """rliable-style point-and-interval plot: IQM and mean with 95% CIs, one row per method."""
+def interval_estimates(summary: pd.DataFrame, ci: str) -> Figure:
+    """rliable's interval-estimate plot: IQM and mean with their intervals, one row per method (columns
+    method, iqm, iqm_low, iqm_high, mean, mean_low, mean_high)."""
+    from rliable import plot_utils
+
     methods = list(summary["method"])
-    colors = _colors(methods)
-    fig, axes = plt.subplots(1, 2, figsize=(9, 0.5 * len(methods) + 1.4), sharey=True)
-    for ax, stat in zip(axes, ("iqm", "mean"), strict=True):
-        for i, row in enumerate(summary.itertuples()):
-            low, high = getattr(row, f"{stat}_low"), getattr(row, f"{stat}_high")
-            ax.barh(i, high - low, left=low, height=0.6, color=colors[row.method], alpha=0.6)
-            ax.plot([getattr(row, stat)] * 2, [i - 0.3, i + 0.3], color="k", lw=2)
-        low, high = summary[f"{stat}_low"].min(), summary[f"{stat}_high"].max()
-        pad = 0.05 * (high - low) + 0.02
-        ax.set_xlim(low - pad, high + pad)
-        ax.set_title({"iqm": "IQM", "mean": "Mean"}[stat])
-        ax.set_xlabel("success rate")
-        ax.grid(axis="x", alpha=0.3)
-    axes[0].set_yticks(range(len(methods)), methods)
-    fig.tight_layout()
+    points = {row.method: np.array([row.iqm, row.mean]) for row in summary.itertuples()}
+    intervals = {
+        row.method: np.array([[row.iqm_low, row.mean_low], [row.iqm_high, row.mean_high]])
+        for row in summary.itertuples()
+    }
+    fig, _ = plot_utils.plot_interval_estimates(
+        points,
+        intervals,
+        ["IQM", "Mean"],
+        algorithms=methods[::-1],  # rliable draws the first at the bottom
+        colors=_colors(methods),
+        subfigure_width=4.5,
+        wspace=0.3,
+        row_height=0.6,
+        xlabel=f"success rate ({ci} CI)",
+        xlabel_y_coordinate=-0.6 / len(methods),
+    )
+    return fig
+
+
+def probability_of_improvement(table: pd.DataFrame, ci: str) -> Figure:
+    """rliable's probability-of-improvement plot: P(X > Y) with its interval, one row per pair (columns x,
+    y, probability, low, high)."""
+    from rliable import plot_utils
+
+    pairs = {f"{row.x}\t{row.y}": row.probability for row in table.itertuples()}
+    intervals = {f"{row.x}\t{row.y}": np.array([row.low, row.high]) for row in table.itertuples()}
+    colors = _colors(list(table["x"]) + list(table["y"]))
+    fig, ax = plt.subplots(figsize=(5, 0.5 * len(table) + 1.2))
+    plot_utils.plot_probability_of_improvement(
+        pairs,
+        intervals,
+        pair_separator="\t",
+        ax=ax,
+        colors=[colors[x] for x in table["x"]],
+        xlabel=f"P(X > Y) ({ci} CI)",
+        ticklabelsize="medium",
+        labelsize="medium",
+    )
+    ax.axvline(0.5, color="grey", lw=0.8, ls="--")
+    return fig
+
+
+def performance_profiles(table: pd.DataFrame, ci: str) -> Figure:
+    """rliable's performance profiles: fraction of runs with a final success rate above tau, with the
+    interval as a band, one line per method (columns tau, method, fraction, low, high)."""
+    from rliable import plot_utils
+
+    methods = list(dict.fromkeys(table["method"]))
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    profiles = {m: table.loc[table["method"] == m, "fraction"].to_numpy() for m in methods}
+    cis = {m: table.loc[table["method"] == m, ["low", "high"]].to_numpy().T for m in methods}
+    taus = table.loc[table["method"] == methods[0], "tau"].to_numpy()
+    plot_utils.plot_performance_profiles(
+        profiles,
+        taus,
+        performance_profile_cis=cis,
+        ax=ax,
+        colors=_colors(methods),
+        linestyles={m: "--" if m.endswith("(published)") else "solid" for m in methods},
+        xlabel=r"final success rate $\tau$",
+        ylabel=rf"fraction of runs > $\tau$ ({ci} CI)",
+        labelsize="medium",
+        ticklabelsize="medium",
+        legend=True,
+        legendsize="small",
+    )
     return fig
 
 

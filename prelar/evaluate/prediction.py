@@ -1,22 +1,29 @@
-"""Open-loop video prediction of a pre-trained world model, and the controllability of its latent actions.
+"""Open-loop video prediction: the one measurement of it, and the controllability of latent actions.
 
-- `open_loop_mse`: observe `CONTEXT` frames, then imagine `HORIZON` frames with given (or, for the
-  action-free model, no) latent actions; squared error per clip and horizon step.
+- `windows`: the one way to cut sequences into non-overlapping windows of `evaluate.context` +
+  `evaluate.horizon` frames.
+- `predict`: the rollout of the world model (`prelar.world_model.OpenLoop.open_loop`) as every evaluation
+  runs it: `context` frames observed, then the prior's mode imagined with the given actions.
+- `open_loop_frame_mse`: its error, the mean squared error of each predicted frame (averaged over the
+  frame's pixels and channels only): [B, H], one value per window and horizon step. `copy_last_frame_mse`:
+  the same error of the model-free yardstick, the last context frame repeated.
 - `controllability`: ΔPSNR as in Genie: PSNR with the clip's own inferred latent actions minus PSNR with the
   latent actions of another clip of the batch (a cyclic shift, so that no clip keeps its own), per horizon.
-- `evaluate_prediction`: MSE / PSNR per horizon, ΔPSNR, a GIF of truth vs prediction, and the PreLAR
-  supplementary's Fig. 1: (a) one start, three latent-action sequences; (b) one latent-action sequence,
-  three starts.
+- `evaluate_prediction`: MSE / PSNR per horizon, the copy-last-frame MSE, ΔPSNR, a GIF of truth vs
+  prediction, and the PreLAR supplementary's Fig. 1: (a) one start, three latent-action sequences; (b) one
+  latent-action sequence, three starts.
 
 For Fig. 1 the latent-action sequences are those inferred from other held-out clips (samples of the aggregate
 posterior): they are coherent motions, where independent N(0, I) draws per step are not, and they exist for
 every variant, including the one without the action KL (which has no prior to sample).
 
 Pixel values are in [0, 1] for MSE and PSNR (PSNR = -10 log10 MSE).
+Shape legend: B (or N) windows, T = context + H frames, H horizon, A latent action dims.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +31,6 @@ import imageio.v3 as iio
 import numpy as np
 import torch
 from torch import nn
-
-CONTEXT = 5
-HORIZON = 20
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -40,32 +44,60 @@ def _frames(frames: np.ndarray | torch.Tensor, model: nn.Module) -> torch.Tensor
     return frames.to(_device(model))
 
 
-def _with_future(own: torch.Tensor, other: torch.Tensor, context: int) -> torch.Tensor:
-    """Latent actions [B,T-1,A]: the clip's own within the context, `other`'s from its last frame on."""
-    return torch.cat([own[:, : context - 1], other[:, context - 1 :]], dim=1)
+def windows(sequences: Sequence[Mapping[str, np.ndarray]], length: int, limit: int) -> dict[str, np.ndarray]:
+    """Up to `limit` non-overlapping windows of `length` steps, sequence by sequence from its first step.
+
+    sequences: arrays with time first (e.g. frames [T, ..], actions [T, A]; `vars(episode)`). Returns each key
+    stacked [N, length, ..] and is_first bool [N, length] (true at a sequence's first step).
+    """
+    picks = [(seq, s) for seq in sequences for s in range(0, len(seq["frames"]) - length + 1, length)][:limit]
+    if not picks:
+        raise ValueError(f"no sequence has the {length} frames of one open-loop window")
+    is_first = np.zeros((len(picks), length), bool)
+    is_first[:, 0] = [s == 0 for _, s in picks]
+    keys = sequences[0].keys()
+    return {k: np.stack([seq[k][s : s + length] for seq, s in picks]) for k in keys} | {"is_first": is_first}
+
+
+def frame_mse(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of each frame over its pixels and channels, values in [0, 1]: uint8 [.., 3, 64, 64]
+    (broadcast) → [..]."""
+    return ((pred.float() - truth.float()) / 255.0).pow(2).mean(dim=(-3, -2, -1))
 
 
 @torch.no_grad()
 def predict(
-    model: nn.Module, frames: torch.Tensor, latent_actions: torch.Tensor | None, context: int = CONTEXT
+    model: nn.Module,
+    frames: torch.Tensor,
+    action: torch.Tensor | None,
+    context: int,
+    is_first: torch.Tensor | None = None,
+    seed: int = 0,
 ) -> torch.Tensor:
-    """Open-loop prediction, float [B,T-context,3,64,64] in [0, 1]: the prior's mode after the context, whose
-    posterior samples come from a fixed seed (so that two calls differ only by what they are given)."""
-    generator = torch.Generator(device=frames.device).manual_seed(0)
-    pred = model.open_loop(
-        frames, context=context, latent_actions=latent_actions, generator=generator, sample=False
-    )  # uint8 [B,T-context,3,64,64]
-    return pred.float() / 255.0
+    """The evaluation's open-loop prediction, uint8 [B, H, 3, 64, 64]: `model.open_loop` with the prior's mode
+    after the context; the context's posterior samples come from `seed` (so that two calls differ only by what
+    they are given). `action`: the RSSM's action input [B, T, A] (None: action-free)."""
+    generator = torch.Generator(device=frames.device).manual_seed(seed)
+    return model.open_loop(frames, context, action, is_first, generator, sample=False)
 
 
 @torch.no_grad()
-def open_loop_mse(
-    model: nn.Module, frames: torch.Tensor, latent_actions: torch.Tensor | None, context: int = CONTEXT
+def open_loop_frame_mse(
+    model: nn.Module,
+    frames: torch.Tensor,
+    action: torch.Tensor | None,
+    context: int,
+    is_first: torch.Tensor | None = None,
+    seed: int = 0,
 ) -> torch.Tensor:
-    """Squared error per clip and predicted step: [B, T-context]."""
-    truth = frames[:, context:].float() / 255.0  # [B,H,3,64,64]
-    pred = predict(model, frames, latent_actions, context)  # [B,H,3,64,64]
-    return ((pred - truth) ** 2).mean(dim=(2, 3, 4))
+    """`frame_mse` of `predict` against the true frames: [B, H], per window and horizon step."""
+    return frame_mse(predict(model, frames, action, context, is_first, seed), frames[:, context:])
+
+
+def copy_last_frame_mse(frames: torch.Tensor, context: int) -> torch.Tensor:
+    """The yardstick without a model, the last context frame repeated: `frame_mse` [B, H] of frames uint8
+    [B, T, 3, 64, 64]."""
+    return frame_mse(frames[:, context - 1 : context], frames[:, context:])
 
 
 def psnr(mse: torch.Tensor) -> torch.Tensor:
@@ -73,8 +105,13 @@ def psnr(mse: torch.Tensor) -> torch.Tensor:
     return -10.0 * torch.log10(mse.clamp_min(1e-10))
 
 
+def _with_future(own: torch.Tensor, other: torch.Tensor, context: int) -> torch.Tensor:
+    """Latent actions [B,T-1,A]: the clip's own within the context, `other`'s from its last frame on."""
+    return torch.cat([own[:, : context - 1], other[:, context - 1 :]], dim=1)
+
+
 @torch.no_grad()
-def controllability(model: nn.Module, frames: np.ndarray | torch.Tensor, context: int = CONTEXT) -> dict:
+def controllability(model: nn.Module, frames: np.ndarray | torch.Tensor, context: int) -> dict:
     """ΔPSNR per horizon step: PSNR(own inferred latent actions) − PSNR(another clip's), averaged over clips.
 
     frames: uint8 [B,T,3,64,64] (or numpy [B,T,64,64,3]), B >= 2. Returns tensors [T-context]:
@@ -85,14 +122,14 @@ def controllability(model: nn.Module, frames: np.ndarray | torch.Tensor, context
         raise ValueError("controllability needs at least 2 clips (latent actions are swapped between clips)")
     own, _ = model.infer_latent_actions(frames)  # [B,T-1,A]
     shuffled = _with_future(own, own.roll(1, dims=0), context)  # clip b imagines with clip b-1's actions
-    p_own = psnr(open_loop_mse(model, frames, own, context)).mean(0)  # [H]
-    p_shuffled = psnr(open_loop_mse(model, frames, shuffled, context)).mean(0)  # [H]
+    p_own = psnr(open_loop_frame_mse(model, frames, model.action_input(own), context)).mean(0)  # [H]
+    p_shuffled = psnr(open_loop_frame_mse(model, frames, model.action_input(shuffled), context)).mean(0)
     return {"psnr_inferred": p_own, "psnr_shuffled": p_shuffled, "delta_psnr": p_own - p_shuffled}
 
 
-def _to_uint8(images: torch.Tensor) -> np.ndarray:
-    """float [...,3,H,W] in [0,1] -> uint8 [...,H,W,3]."""
-    return (images.clamp(0, 1) * 255).round().byte().movedim(-3, -1).cpu().numpy()
+def _hwc(frames: torch.Tensor) -> np.ndarray:
+    """uint8 [...,3,H,W] -> numpy uint8 [...,H,W,3]."""
+    return frames.movedim(-3, -1).cpu().numpy()
 
 
 def _grid(rows: list[np.ndarray], context: int, scale: int = 2) -> np.ndarray:
@@ -110,12 +147,13 @@ def _grid(rows: list[np.ndarray], context: int, scale: int = 2) -> np.ndarray:
 def _write_figures(
     model, frames: torch.Tensor, own: torch.Tensor | None, pred, out: Path, context: int
 ) -> list:
-    """GIF of truth | prediction; Fig. 1 (a) and (b) as PNG grids (needs 4 clips and latent actions)."""
+    """GIF of truth | prediction (uint8 [n,H,3,64,64]); Fig. 1 (a) and (b) as PNG grids (needs 4 clips and
+    latent actions)."""
     out.mkdir(parents=True, exist_ok=True)
     n = min(4, frames.shape[0])
     truth = frames[:n].cpu().movedim(2, -1).numpy()  # [n,T,64,64,3]
     context_frames = truth[:, :context]
-    predicted = np.concatenate([context_frames, _to_uint8(pred[:n])], axis=1)  # [n,T,64,64,3]
+    predicted = np.concatenate([context_frames, _hwc(pred[:n])], axis=1)  # [n,T,64,64,3]
     gif = [
         np.concatenate(
             [np.concatenate([t, p], axis=1) for t, p in zip(truth[:, i], predicted[:, i], strict=True)]
@@ -128,19 +166,15 @@ def _write_figures(
         return paths
     # (a) the start of clip 0 imagined with the latent actions of clips 1, 2, 3
     starts = frames[[0, 0, 0]]
-    actions = _with_future(own[[0, 0, 0]], own[[1, 2, 3]], context)
+    actions = model.action_input(_with_future(own[[0, 0, 0]], own[[1, 2, 3]], context))
     rows_a = [truth[0]] + list(
-        np.concatenate(
-            [context_frames[[0, 0, 0]], _to_uint8(predict(model, starts, actions, context))], axis=1
-        )
+        np.concatenate([context_frames[[0, 0, 0]], _hwc(predict(model, starts, actions, context))], axis=1)
     )
     # (b) the starts of clips 1, 2, 3 imagined with the latent actions of clip 0
     starts = frames[[1, 2, 3]]
-    actions = _with_future(own[[1, 2, 3]], own[[0, 0, 0]], context)
+    actions = model.action_input(_with_future(own[[1, 2, 3]], own[[0, 0, 0]], context))
     rows_b = [truth[0]] + list(
-        np.concatenate(
-            [context_frames[[1, 2, 3]], _to_uint8(predict(model, starts, actions, context))], axis=1
-        )
+        np.concatenate([context_frames[[1, 2, 3]], _hwc(predict(model, starts, actions, context))], axis=1)
     )
     paths += [out / "fig1a_one_start_three_actions.png", out / "fig1b_three_starts_one_action.png"]
     iio.imwrite(paths[1], _grid(rows_a, context))
@@ -149,23 +183,26 @@ def _write_figures(
 
 
 @torch.no_grad()
-def evaluate_prediction(
-    model: nn.Module, clips: np.ndarray, out: str | Path, context: int = CONTEXT
-) -> dict[str, Any]:
+def evaluate_prediction(model: nn.Module, clips: np.ndarray, out: str | Path, context: int) -> dict[str, Any]:
     """Open-loop prediction metrics and figures on held-out clips uint8 [N,T,64,64,3] (T = context + horizon).
 
-    Returns flat metrics: `pred_mse`, `pred_psnr` (mean over the horizon), `pred_psnr_h{k}` for k = 1, 5, 10,
-    ..., the last step; `delta_psnr` (and per horizon) when the model has latent actions and N >= 2.
-    Writes `open_loop.gif` and, with N >= 4 and latent actions, the two Fig. 1 grids into `out`.
+    The latent actions are the posterior means inferred from the clip itself (they see the future frame pairs
+    by design). Returns flat metrics: `pred_mse` (`open_loop_frame_mse` averaged over clips and horizon),
+    `pred_copy_last_frame_mse` (the yardstick's, likewise), `pred_psnr` (mean over the horizon),
+    `pred_psnr_h{k}` for k = 1, 5, 10, ..., the last step; `delta_psnr` (and per horizon) when the model has
+    latent actions and N >= 2. Writes `open_loop.gif` and, with N >= 4 and latent actions, the two Fig. 1
+    grids into `out`.
     """
     frames = _frames(clips, model)  # uint8 [N,T,3,64,64]
     own = None if model.cfg.action_free else model.infer_latent_actions(frames)[0]  # [N,T-1,A]
-    mse = open_loop_mse(model, frames, own, context)  # [N,H]
+    action = None if own is None else model.action_input(own)  # [N,T,A]
+    mse = open_loop_frame_mse(model, frames, action, context)  # [N,H]
     per_step = psnr(mse).mean(0)  # [H]
     horizon = per_step.shape[0]
     result: dict[str, Any] = {
         "pred_clips": int(frames.shape[0]),
         "pred_mse": mse.mean().item(),
+        "pred_copy_last_frame_mse": copy_last_frame_mse(frames, context).mean().item(),
         "pred_psnr": per_step.mean().item(),
     }
     for k in sorted({1, 5, 10, 15, 20, horizon} & set(range(1, horizon + 1))):
@@ -174,6 +211,6 @@ def evaluate_prediction(
         delta = controllability(model, frames, context)["delta_psnr"]  # [H]
         result["delta_psnr"] = delta.mean().item()
         result[f"delta_psnr_h{horizon}"] = delta[-1].item()
-    pred = predict(model, frames[:4], None if own is None else own[:4], context)
+    pred = predict(model, frames[:4], None if action is None else action[:4], context)  # [≤4,H,3,64,64]
     _write_figures(model, frames, own, pred, Path(out), context)
     return result

@@ -1,16 +1,21 @@
 """Latent-action probe: how much of the true action the inferred latent action carries.
 
 For clips that record their actions (the Meta-world source), a ridge regression (standardised inputs, its
-penalty chosen by cross-validation over the fit episodes) maps
-the latent-action mean of q(ã_t | o_t, o_{t+1}) (PreLAR Eq. 3) to the true 4-d action a_t. It is fit on some
-episodes and scored (R²) on the others: the split is by episode (the cameras of one episode share its
-actions), never by frame. The same probe on the inverse dynamics encoder of an untrained model (fresh
-initialisation with the same seed) is the baseline a learnt representation has to beat.
+penalty chosen by cross-validation over the fit episodes from `evaluate.probe_alphas`, or fixed by
+`evaluate.probe_alpha`) maps the latent-action mean of q(ã_t | o_t, o_{t+1}) (PreLAR Eq. 3) to the true 4-d
+action a_t. It is fit on some episodes and scored (R²) on the others (`evaluate.probe_test_fraction`): the
+split is by episode (the cameras of one episode share its actions), never by frame. The same probe on the
+inverse dynamics encoder of an untrained model (fresh initialisation with the evaluation seed) is the
+baseline a learnt representation has to beat.
+
+One probe, one clip selection: pre-training's end-of-run evaluation and the `prelar evaluate probe` stage
+both call `probe_clips` and `latent_action_probe`, so the same model gets the same R² in both.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -22,7 +27,10 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
+from prelar import config, device
 from prelar.data.clip import Clip
+
+UNTRAINED = "untrained"  # the method name of the untrained encoder's rows
 
 
 def episode_key(clip: Clip) -> str:
@@ -44,19 +52,53 @@ def split_episodes(keys: list[str], test_fraction: float, seed: int) -> tuple[se
     return set(unique) - test, test
 
 
+def select_clips(
+    shards, params: config.Params, limit: int, min_episodes: int, min_frames: int = 2
+) -> tuple[list[Clip], str]:
+    """Up to `limit` clips with actions and >= `min_frames` frames: from the held-out split
+    (`loader.holdout_fraction`) if it holds `min_episodes` episodes, else from every clip.
+    Returns (clips, "holdout" | "all")."""
+    from prelar.data.shards import iter_clips
+
+    def take(split: str | None) -> list[Clip]:
+        clips = []
+        for clip in iter_clips(shards, split=split, holdout_fraction=params.loader.holdout_fraction):
+            if clip.actions is not None and len(clip.frames) >= min_frames:
+                clips.append(clip)
+            if len(clips) == limit:
+                break
+        return clips
+
+    held_out = take("holdout")
+    if len({episode_key(c) for c in held_out}) >= min_episodes:
+        return held_out, "holdout"
+    clips = take(None)
+    if not clips:
+        raise config.ConfigError(
+            f"{shards}: no clip with actions and at least {min_frames} frames; ingest Meta-world shards "
+            f"(`prelar ingest metaworld`) or point --shards at them"
+        )
+    return clips, "all"
+
+
+def probe_clips(shards, params: config.Params) -> tuple[list[Clip], str]:
+    """The probe's clips (`evaluate.probe_clips`, held out if they hold `evaluate.min_holdout_episodes`)."""
+    cfg = params.evaluate
+    return select_clips(shards, params, cfg.probe_clips, cfg.min_holdout_episodes)
+
+
 @torch.no_grad()
-def latent_action_features(model: nn.Module, clips: list[Clip]) -> list[np.ndarray]:
-    """Latent-action means per clip: float32 [T-1, A] (ã_t inferred from frames t and t+1)."""
+def latent_action_features(model: nn.Module, clips: list[Clip], precision: str) -> list[np.ndarray]:
+    """Latent-action means per clip: float32 [T-1, A] (ã_t inferred from frames t and t+1), computed in
+    `precision` (autocast, `prelar.device.autocast`)."""
     dev = next(model.parameters()).device
     features = []
-    for clip in clips:
-        frames = torch.from_numpy(clip.frames).permute(0, 3, 1, 2)[None].to(dev)  # [1,T,3,64,64]
-        mean, _ = model.infer_latent_actions(frames)  # [1,T-1,A]
-        features.append(mean[0].float().cpu().numpy())
+    with device.autocast(dev, precision):
+        for clip in clips:
+            frames = torch.from_numpy(clip.frames).permute(0, 3, 1, 2)[None].to(dev)  # [1,T,3,64,64]
+            mean, _ = model.infer_latent_actions(frames)  # [1,T-1,A]
+            features.append(mean[0].float().cpu().numpy())
     return features
-
-
-ALPHAS = tuple(float(a) for a in np.logspace(-2, 5, 8))  # ridge penalties tried when `alpha` is None
 
 
 def ridge_r2(
@@ -64,75 +106,87 @@ def ridge_r2(
     actions: list[np.ndarray],
     fit_idx: list[int],
     test_idx: list[int],
-    alpha: float | None = None,
+    alpha: float | Sequence[float],
 ) -> tuple[float, list[float]]:
     """Standardised ridge fit on clips `fit_idx`, scored on clips `test_idx`: (mean R², R² per dimension).
 
-    alpha None: the penalty is chosen from `ALPHAS` by cross-validation over the fit clips, grouped by clip
-    (frames of one clip never sit on both sides of a fold). Standardising near-constant latent dimensions
-    (a latent action squeezed onto its N(0, I) prior) blows up their noise; a fixed small penalty then
-    overfits and scores far below 0 on new episodes, where the chosen penalty shrinks towards R² ≈ 0.
+    alpha: the ridge penalty, or the penalties the cross-validation over the fit clips chooses from,
+    grouped by clip (frames of one clip never sit on both sides of a fold). Standardising near-constant
+    latent dimensions (a latent action squeezed onto its N(0, I) prior) blows up their noise; a fixed small
+    penalty then overfits and scores far below 0 on new episodes, where the chosen penalty shrinks towards
+    R² ≈ 0.
     """
     x_fit = np.concatenate([features[i] for i in fit_idx])
     y_fit = np.concatenate([actions[i] for i in fit_idx])
     x_test = np.concatenate([features[i] for i in test_idx])
     y_test = np.concatenate([actions[i] for i in test_idx])
-    probe = make_pipeline(StandardScaler(), Ridge(alpha=1.0 if alpha is None else alpha))
-    if alpha is None and len(fit_idx) >= 2:
+    if isinstance(alpha, int | float):
+        probe = make_pipeline(StandardScaler(), Ridge(alpha=alpha)).fit(x_fit, y_fit)
+    else:
+        if len(fit_idx) < 2:
+            raise ValueError(
+                f"the probe's cross-validation needs at least 2 fit clips, got {len(fit_idx)}; "
+                f"set evaluate.probe_alpha"
+            )
         groups = np.concatenate([np.full(len(features[i]), i) for i in fit_idx])
         search = GridSearchCV(
-            probe, {"ridge__alpha": ALPHAS}, cv=GroupKFold(n_splits=min(5, len(fit_idx))), scoring="r2"
+            make_pipeline(StandardScaler(), Ridge()),
+            {"ridge__alpha": list(alpha)},
+            cv=GroupKFold(n_splits=min(5, len(fit_idx))),
+            scoring="r2",
         )
         probe = search.fit(x_fit, y_fit, groups=groups).best_estimator_
-    else:
-        probe.fit(x_fit, y_fit)
     pred = probe.predict(x_test)
     return float(r2_score(y_test, pred)), [float(v) for v in r2_score(y_test, pred, multioutput="raw_values")]
 
 
-def untrained_like(model: nn.Module, seed: int) -> nn.Module:
-    """A fresh model of the same config, initialised as the trainer does (torch seed `seed`)."""
+def untrained_like(model_cfg: config.Model, seed: int, dev: torch.device) -> nn.Module:
+    """A fresh world model of `model_cfg` on `dev`, initialised as the trainer does (torch seed `seed`)."""
+    from prelar.world_model import WorldModel
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        fresh = type(model)(copy.deepcopy(model.cfg))
-    return fresh.to(next(model.parameters()).device).eval()
+        fresh = WorldModel(copy.deepcopy(model_cfg))
+    return fresh.to(dev).eval()
 
 
 def latent_action_probe(
-    model: nn.Module,
+    models: dict[str, nn.Module],
     clips: list[Clip],
-    *,
-    seed: int = 0,
-    test_fraction: float = 0.3,
-    alpha: float | None = None,
-) -> dict[str, Any]:
-    """R² of a ridge probe latent action → true action on held-out episodes, trained and untrained.
+    cfg: config.Evaluate,
+    untrained: config.Model,
+    dev: torch.device,
+) -> list[dict[str, Any]]:
+    """R² of the ridge probe latent action → true action on held-out episodes, for each model (method →
+    world model with latent actions) and for an untrained encoder of config `untrained` built on `dev`
+    (method `UNTRAINED`), per seed of `cfg.seeds` (the seed draws the episode split and the untrained
+    initialisation). Features are computed in `cfg.precision`.
 
-    Clips without actions are ignored. Returns `probe_r2`, `probe_r2_untrained`, `probe_r2_dim{i}`, the
-    episode and frame counts, or `probe_skipped` with the reason when there are too few episodes.
+    Clips without actions are ignored. Returns one row per (method, seed): method, seed, r2, r2_dim{i},
+    fit_episodes, test_episodes, test_frames. Raises ValueError when the clips hold fewer than 2 episodes.
     """
     clips = [c for c in clips if c.actions is not None]
     keys = [episode_key(c) for c in clips]
-    try:
-        fit, test = split_episodes(keys, test_fraction, seed)
-    except ValueError as err:
-        return {"probe_skipped": f"{err} with true actions"}
-    fit_idx = [i for i, k in enumerate(keys) if k in fit]
-    test_idx = [i for i, k in enumerate(keys) if k in test]
-    actions = [c.actions.astype(np.float32) for c in clips]  # [T-1,4] each
-    was_training = model.training
-    model.eval()
-    r2, per_dim = ridge_r2(latent_action_features(model, clips), actions, fit_idx, test_idx, alpha)
-    model.train(was_training)
-    r2_untrained, _ = ridge_r2(
-        latent_action_features(untrained_like(model, seed), clips), actions, fit_idx, test_idx, alpha
-    )
-    result = {
-        "probe_r2": r2,
-        "probe_r2_untrained": r2_untrained,
-        "probe_fit_episodes": len(fit),
-        "probe_test_episodes": len(test),
-        "probe_test_frames": int(sum(len(actions[i]) for i in test_idx)),
-    }
-    result.update({f"probe_r2_dim{i}": v for i, v in enumerate(per_dim)})
-    return result
+    splits = {seed: split_episodes(keys, cfg.probe_test_fraction, seed) for seed in cfg.seeds}  # (fit, test)
+    actions = [c.actions.astype(np.float32) for c in clips]  # [T-1, 4] each
+    features = {m: latent_action_features(model, clips, cfg.precision) for m, model in models.items()}
+    alpha = cfg.probe_alpha if cfg.probe_alpha is not None else cfg.probe_alphas
+    rows = []
+    for seed, (fit, test) in splits.items():
+        fit_idx = [i for i, k in enumerate(keys) if k in fit]
+        test_idx = [i for i, k in enumerate(keys) if k in test]
+        fresh = latent_action_features(untrained_like(untrained, seed, dev), clips, cfg.precision)
+        for method, feats in [*features.items(), (UNTRAINED, fresh)]:
+            r2, per_dim = ridge_r2(feats, actions, fit_idx, test_idx, alpha)
+            rows.append(
+                {
+                    "method": method,
+                    "seed": seed,
+                    "r2": r2,
+                    **{f"r2_dim{i}": v for i, v in enumerate(per_dim)},
+                    "fit_episodes": len(fit),
+                    "test_episodes": len(test),
+                    "test_frames": int(sum(len(actions[i]) for i in test_idx)),
+                }
+            )
+    return rows

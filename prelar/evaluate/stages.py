@@ -11,11 +11,11 @@
                      real actions, from each checkpoint (PreLAR variants; APV's stacked model on the
                      action-free one) and from scratch (`dreamerv2`); see `prelar.evaluate.transfer`
 
-Each writes `<out>/metrics.json` (and a copy at `--metrics` for DVC), the plot data `<out>/<what>.csv` and
+Each writes `<out>/metrics.json` (its `--metrics` copy adds timings), the plot data `<out>/<what>.csv` and
 PNG plots into `<out>`, and logs one MLflow run per method and seed under the metric names of the report's
-contract (`prelar.evaluate.report`), tagged stage=<what>, method, seed (transfer-data writes shards, its
-`metrics.json` and `contact_sheet.png`, and logs nothing). A checkpoint's method is read from its model
-switches (`method_of`). Seeds vary only the evaluation's randomness (see `config.Evaluate`).
+contract (`prelar.metrics`), tagged stage=<what>, method, seed (transfer-data writes shards, its
+`metrics.json` and `contact_sheet.png`, and logs nothing). A checkpoint's method is the pre-training
+variant it records (`variant_of`). Seeds vary only the evaluation's randomness (see `config.Evaluate`).
 """
 
 from __future__ import annotations
@@ -24,8 +24,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +32,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from prelar import config, device, tracking
-from prelar.cli import add_set_option
-from prelar.data.clip import Clip
+from prelar import checkpoint, config, device, tracking
+from prelar import methods as registry
+from prelar import metrics as names
 
 STAGES = ("probe", "controllability", "transfer-data", "transfer")
-UNTRAINED = "untrained"
-SCRATCH = "dreamerv2"
+SCRATCH = registry.SCRATCH.name
 COPY_LAST = "copy last frame"  # transfer's model-free yardstick (plot and CSV only, not an MLflow method)
 SEED_SCOPE = "evaluation only: one pre-training run per method, seeds vary the evaluation's randomness"
 
@@ -57,9 +55,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     }
     for what in STAGES:
         p = sub.add_parser(what, help=helps[what])
-        # also accepted after the stage name (`prelar evaluate probe --params p.yaml`)
-        p.add_argument("--params", default=argparse.SUPPRESS, help="parameter file (default: params.yaml)")
-        p.add_argument("--profile", default=argparse.SUPPRESS, help="profile of the parameter file")
         if what in ("probe", "controllability", "transfer"):
             p.add_argument(
                 "--checkpoints",
@@ -81,12 +76,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default_out = "evaluate.transfer_data" if what == "transfer-data" else f"evaluate.out/{what}"
         p.add_argument("--out", default=None, help=f"output folder ({default_out})")
         p.add_argument("--metrics", default=None, help="also write the metrics JSON here (for DVC)")
-        add_set_option(p, "evaluate.seeds=[0,1]")
 
 
 def run(params: config.Params, args: argparse.Namespace) -> int:
     from prelar.data.ingest import IngestError
-    params = config.override(params, args.set)
+
     cfg = params.evaluate
     if args.what == "transfer-data":
         try:
@@ -104,32 +98,28 @@ def run(params: config.Params, args: argparse.Namespace) -> int:
         result = stage(
             params, args.checkpoints, args.shards or [params.data.metaworld.out], out, args.metrics
         )
-    print(f"evaluate {args.what}: {out / 'metrics.json'} ({result['seconds']:.1f} s)")
+    print(f"evaluate {args.what}: {out / tracking.METRICS} ({result['seconds']:.1f} s)")
     return 0
 
 
 # ---- shared pieces ----------------------------------------------------------------------------------------
 
 
-def method_of(model_config: dict[str, Any]) -> str:
-    """The method of a pre-trained model, from its switches: `apv` (action-free) or a PreLAR variant."""
-    from prelar.agent.model import METHODS
-
-    fits = [
-        name
-        for name, m in METHODS.items()
-        if m.expects and all(model_config.get(k) == v for k, v in m.expects.items())
-    ]
-    if not fits:
-        switches = {k: model_config.get(k) for k in ("action_free", "use_consistency", "use_action_kl")}
-        raise config.ConfigError(f"no method pre-trains a model with switches {switches}")
-    return fits[0]  # action-free: apv (naive_ft loads the same checkpoint)
+def variant_of(ckpt: dict[str, Any], path: Path) -> str:
+    """The pre-training variant a checkpoint records (`prelar pretrain --variant`): what names it here."""
+    name = ckpt["extra"].get("variant")
+    if name not in registry.VARIANTS:
+        raise config.ConfigError(
+            f"{path}: records no known pre-training variant ({name!r}); pre-train it again with "
+            f"`prelar pretrain --variant NAME` (one of {list(registry.VARIANTS)})"
+        )
+    return name
 
 
 def checkpoint_path(path: str | Path) -> Path:
     """A run folder → its checkpoint.pt; a `.pt` file as given."""
     path = Path(path)
-    return path if path.suffix == ".pt" else path / "checkpoint.pt"
+    return path if path.suffix == ".pt" else path / checkpoint.FILENAME
 
 
 def load_checkpoints(paths: list[str | Path], dev: torch.device) -> list[tuple[str, Path, torch.nn.Module]]:
@@ -146,7 +136,7 @@ def load_checkpoints(paths: list[str | Path], dev: torch.device) -> list[tuple[s
             model, ckpt = load_world_model(path, dev)
         except ValueError as err:
             raise config.ConfigError(str(err)) from None
-        method = method_of(ckpt["model_config"])
+        method = variant_of(ckpt, path)
         if method in seen:
             raise config.ConfigError(
                 f"--checkpoints: {seen[method]} and {path} are both method '{method}'; pass one per method"
@@ -167,58 +157,34 @@ def latent_action_models(loaded, what: str) -> list[tuple[str, Path, torch.nn.Mo
     return kept
 
 
-def evaluation_clips(
-    shards, params: config.Params, limit: int, min_episodes: int, min_frames: int = 2
-) -> tuple[list[Clip], str]:
-    """Up to `limit` clips with actions and >= `min_frames` frames: from the held-out split
-    (`loader.holdout_fraction`) if it holds `min_episodes` episodes, else from every clip.
-    Returns (clips, "holdout" | "all")."""
-    from prelar.data.shards import iter_clips
-    from prelar.evaluate.probe import episode_key
-
-    def take(split: str | None) -> list[Clip]:
-        clips = []
-        for clip in iter_clips(shards, split=split, holdout_fraction=params.loader.holdout_fraction):
-            if clip.actions is not None and len(clip.frames) >= min_frames:
-                clips.append(clip)
-            if len(clips) == limit:
-                break
-        return clips
-
-    held_out = take("holdout")
-    if len({episode_key(c) for c in held_out}) >= min_episodes:
-        return held_out, "holdout"
-    clips = take(None)
-    if not clips:
-        raise config.ConfigError(
-            f"{shards}: no clip with actions and at least {min_frames} frames; ingest Meta-world shards "
-            f"(`prelar ingest metaworld`) or point --shards at them"
-        )
-    return clips, "all"
-
-
 def evaluation_device(params: config.Params) -> torch.device:
-    return device.resolve_device(params.evaluate.device)
+    """`evaluate.device`, with the precision chosen there (`evaluate.precision`) said once at start."""
+    dev = device.resolve_device(params.evaluate.device)
+    precision = device.choose_precision(params.evaluate.precision, dev)
+    print(f"evaluate: {precision.name} on {dev} ({precision.reason})")
+    return dev
 
 
-@contextmanager
 def mlflow_run(
     params: config.Params, stage: str, method: str, seed: int, tags: dict[str, str]
-) -> Iterator[tracking.Run]:
-    """One MLflow run tagged stage, method, seed (+ `tags`); FINISHED, or FAILED if the block raises."""
-    run = tracking.start_run(
+) -> AbstractContextManager[tracking.Run]:
+    """The run (`tracking.stage_run`) of one method and seed of evaluation `stage`, named
+    `evaluate/<stage>/<method>/seed<seed>` and tagged stage, method, seed (+ `tags`)."""
+    dev = device.resolve_device(params.evaluate.device)
+    precision = device.choose_precision(params.evaluate.precision, dev)
+    return tracking.stage_run(
         params,
-        params.mlflow.tracking_uri,
-        params.mlflow.experiment,
-        run_name=f"{stage}-{method}-seed{seed}",
-        tags={"stage": stage, "method": method, "seed": str(seed), "seed_scope": SEED_SCOPE, **tags},
+        f"evaluate/{stage}/{method}/seed{seed}",
+        {
+            names.TAG_STAGE: stage,
+            names.TAG_METHOD: method,
+            names.TAG_SEED: str(seed),
+            "seed_scope": SEED_SCOPE,
+            "precision": precision.name,
+            "precision.reason": precision.reason,
+            **tags,
+        },
     )
-    try:
-        yield run
-    except BaseException:
-        run.end("FAILED")
-        raise
-    run.end("FINISHED")
 
 
 def _data_tags(paths) -> dict[str, str]:
@@ -229,6 +195,9 @@ def _data_tags(paths) -> dict[str, str]:
     return tags
 
 
+TIMINGS = ("seconds", "run_seconds", "updates_per_s")  # differ run to run: only in the `--metrics` file
+
+
 def write_outputs(
     out: Path,
     metrics_path: str | None,
@@ -237,15 +206,16 @@ def write_outputs(
     name: str,
     figures: dict[str, Any],
 ) -> None:
-    """`out/metrics.json` (+ the DVC copy), `out/<name>.csv` and `out/<figure>.png`."""
+    """`out/metrics.json` (all but the `TIMINGS`: the output's DVC hash depends on its inputs only), the
+    `--metrics` file (all), `out/<name>.csv` and `out/<figure>.png`."""
     from prelar.evaluate import plots
 
     out.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(metrics, indent=2, sort_keys=True) + "\n"
-    (out / "metrics.json").write_text(text)
+    results = {k: v for k, v in metrics.items() if k not in TIMINGS}
+    (out / tracking.METRICS).write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     if metrics_path is not None:
         Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(metrics_path).write_text(text)
+        Path(metrics_path).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     table.to_csv(out / f"{name}.csv", index=False)
     for fig_name, fig in figures.items():
         (out / f"{fig_name}.png").write_bytes(plots.png_bytes(fig))
@@ -269,58 +239,46 @@ def _summary(values: list[float]) -> dict[str, Any]:
 
 
 def probe_stage(params: config.Params, checkpoints, shards, out: str | Path, metrics_path: str | None = None):
-    """Latent-action probe R² per method and seed (seeds: the episode split and the untrained init)."""
+    """Latent-action probe R² per method and seed (seeds: the episode split and the untrained init), by
+    `prelar.evaluate.probe` on its clips: pre-training's end-of-run probe gives the same numbers."""
     from prelar.evaluate import plots, probe
-    from prelar.world_model import WorldModel
 
     start = time.perf_counter()
     cfg, dev, out = params.evaluate, evaluation_device(params), Path(out)
     loaded = load_checkpoints(checkpoints, dev)
     models = latent_action_models(loaded, "probe")
     skipped = {str(p): "action-free: no latent actions" for m, p, model in loaded if model.cfg.action_free}
-    clips, split_used = evaluation_clips(shards, params, cfg.probe_clips, cfg.min_holdout_episodes)
-    keys = [probe.episode_key(c) for c in clips]
-    actions = [c.actions.astype(np.float32) for c in clips]  # [T-1, A] each
+    clips, split_used = probe.probe_clips(shards, params)
+    episodes = len({probe.episode_key(c) for c in clips})
     print(
-        f"evaluate probe: {len(clips)} clips of {len(set(keys))} episodes ({split_used} clips); "
+        f"evaluate probe: {len(clips)} clips of {episodes} episodes ({split_used} clips); "
         f"seeds {cfg.seeds} vary the episode split and the untrained initialisation only"
     )
-    fresh_cfg = params.model.model_copy(update={"action_free": False})
-    reference = models[0][2] if models else WorldModel(fresh_cfg)  # the untrained encoder's architecture
-    with device.autocast(dev, cfg.precision):
-        features = {method: probe.latent_action_features(model, clips) for method, _, model in models}
-    rows = []
-    for seed in cfg.seeds:
-        fit, test = probe.split_episodes(keys, cfg.probe_test_fraction, seed)
-        fit_idx = [i for i, k in enumerate(keys) if k in fit]
-        test_idx = [i for i, k in enumerate(keys) if k in test]
-        with device.autocast(dev, cfg.precision):
-            untrained = probe.latent_action_features(probe.untrained_like(reference.to(dev), seed), clips)
-        sources = [(m, p, features[m]) for m, p, _ in models] + [(UNTRAINED, None, untrained)]
-        for method, path, feats in sources:
-            r2, per_dim = probe.ridge_r2(feats, actions, fit_idx, test_idx, cfg.probe_alpha)
-            values = {
-                "probe/r2": r2,
-                **{f"probe/r2_dim{i}": v for i, v in enumerate(per_dim)},
-                "probe/test_episodes": len(test),
-                "probe/fit_episodes": len(fit),
-            }
-            tags = {
-                "checkpoint": str(path or "fresh initialisation"),
-                "device": dev.type,
-                "clip_split": split_used,
-                **_data_tags(shards),
-            }
-            with mlflow_run(params, "probe", method, seed, tags) as run:
-                run.log_metrics(values, step=0)
-            rows.append(
-                {"method": method, "seed": seed, "r2": r2, **{f"r2_dim{i}": v for i, v in enumerate(per_dim)}}
-            )
-    table = pd.DataFrame(rows)
+    # the untrained encoder's architecture: that of the checkpoints (their switches do not change it)
+    untrained = models[0][2].cfg if models else params.model.model_copy(update={"action_free": False})
+    rows = probe.latent_action_probe({m: model for m, _, model in models}, clips, cfg, untrained, dev)
+    paths = {m: str(p) for m, p, _ in models}
+    for row in rows:
+        dims = [row[k] for k in row if k.startswith("r2_dim")]
+        values = {
+            names.PROBE_R2: row["r2"],
+            **{names.probe_r2_dim(i): v for i, v in enumerate(dims)},
+            names.PROBE_TEST_EPISODES: row["test_episodes"],
+            names.PROBE_FIT_EPISODES: row["fit_episodes"],
+        }
+        tags = {
+            "checkpoint": paths.get(row["method"], "fresh initialisation"),
+            "device": dev.type,
+            "clip_split": split_used,
+            **_data_tags(shards),
+        }
+        with mlflow_run(params, "probe", row["method"], row["seed"], tags) as run:
+            run.log_metrics(values, step=0)
+    table = pd.DataFrame(rows).drop(columns=["fit_episodes", "test_episodes", "test_frames"])
     metrics = {
-        "r2": {m: _summary(list(g["r2"])) for m, g in table.groupby("method")},
+        "probe_r2": {m: _summary(list(g["r2"])) for m, g in table.groupby("method")},
         "clips": len(clips),
-        "episodes": len(set(keys)),
+        "episodes": episodes,
         "clip_split": split_used,
         "seeds": list(cfg.seeds),
         "skipped": skipped,
@@ -336,28 +294,22 @@ def probe_stage(params: config.Params, checkpoints, shards, out: str | Path, met
 # ---- controllability ------------------------------------------------------------------------------------
 
 
-def clip_windows(clips: list[Clip], length: int, limit: int) -> np.ndarray:
-    """Up to `limit` non-overlapping windows of `length` frames, clip by clip: uint8 [N, length, 64, 64, 3]"""
-    picks = [c.frames[s : s + length] for c in clips for s in range(0, len(c.frames) - length + 1, length)]
-    return np.stack(picks[:limit])
-
-
 def controllability_stage(
     params: config.Params, checkpoints, shards, out: str | Path, metrics_path: str | None = None
 ):
     """ΔPSNR per horizon per method and seed (seeds: which clip lends its latent actions to which)."""
-    from prelar.evaluate import plots, prediction
-    from prelar.evaluate.report import delta_psnr_metric
+    from prelar.evaluate import plots, prediction, probe
 
     start = time.perf_counter()
     cfg, dev, out = params.evaluate, evaluation_device(params), Path(out)
     loaded = load_checkpoints(checkpoints, dev)
     models = latent_action_models(loaded, "controllability")
     skipped = {str(p): "action-free: no latent actions" for m, p, model in loaded if model.cfg.action_free}
-    length = prediction.CONTEXT + prediction.HORIZON
+    length = cfg.window
     # held-out clips when they give 2 windows (one clip lends its latent actions to another), else all
-    clips, split_used = evaluation_clips(shards, params, cfg.controllability_windows, 2, min_frames=length)
-    frames = clip_windows(clips, length, cfg.controllability_windows)  # [N, T, 64, 64, 3]
+    clips, split_used = probe.select_clips(shards, params, cfg.controllability_windows, 2, min_frames=length)
+    cut = prediction.windows([{"frames": c.frames} for c in clips], length, cfg.controllability_windows)
+    frames = cut["frames"]  # [N, T, 64, 64, 3]
     if len(frames) < 2:
         raise config.ConfigError(f"{shards}: ΔPSNR needs 2 windows of {length} frames; ingest longer clips")
     print(
@@ -369,7 +321,7 @@ def controllability_stage(
         for seed in cfg.seeds:
             order = np.random.default_rng(seed).permutation(len(frames))
             with device.autocast(dev, cfg.precision):
-                result = prediction.controllability(model, frames[order])  # tensors [H]
+                result = prediction.controllability(model, frames[order], cfg.context)  # tensors [H]
             result = {k: v.float().cpu().numpy() for k, v in result.items()}
             tags = {
                 "checkpoint": str(path),
@@ -379,8 +331,8 @@ def controllability_stage(
             }
             with mlflow_run(params, "controllability", method, seed, tags) as run:
                 for k, delta in enumerate(result["delta_psnr"], start=1):
-                    run.log_metrics({delta_psnr_metric(k): delta}, step=k)
-                run.log_metrics({"controllability/delta_psnr_mean": result["delta_psnr"].mean()}, step=0)
+                    run.log_metrics({names.delta_psnr_metric(k): delta}, step=k)
+                run.log_metrics({names.DELTA_PSNR_MEAN: result["delta_psnr"].mean()}, step=0)
             for k in range(len(result["delta_psnr"])):
                 rows.append(
                     {
@@ -432,7 +384,6 @@ def transfer_source(params: config.Params, out: str | Path) -> config.MetaworldS
     """
     from prelar.data.metaworld import selected_tasks
     from prelar.envs.metaworld import validate_task
-    from prelar.evaluate.transfer import WINDOW
 
     cfg = params.evaluate
     for task in cfg.transfer_tasks:
@@ -447,7 +398,7 @@ def transfer_source(params: config.Params, out: str | Path) -> config.MetaworldS
             f"must be measured on tasks pre-training never saw: pick others or add them to "
             f"data.metaworld.exclude"
         )
-    need = max(WINDOW, cfg.transfer_segment_length)
+    need = max(cfg.window, cfg.transfer_segment_length)
     if cfg.transfer_max_steps + 1 < need:
         raise config.ConfigError(
             f"evaluate.transfer_max_steps: episodes of {cfg.transfer_max_steps + 1} frames are shorter than "
@@ -470,10 +421,9 @@ def transfer_data_stage(params: config.Params, out: str | Path, metrics_path: st
     """Render the downstream episodes through `prelar.data.ingest` into shards at `out`."""
     from prelar.data import metaworld
     from prelar.data.ingest import ingest
-    from prelar.evaluate.transfer import WINDOW
 
     source_cfg = transfer_source(params, out)
-    need = max(WINDOW, params.evaluate.transfer_segment_length)
+    need = max(params.evaluate.window, params.evaluate.transfer_segment_length)
     shards_cfg = params.data.shards.model_copy(update={"min_frames": need})
     return ingest(metaworld, source_cfg, shards_cfg, out, metrics_path)
 
@@ -491,8 +441,7 @@ def transfer_stage(
     from prelar.data.shards import iter_clips
     from prelar.evaluate import plots
     from prelar.evaluate import transfer as offline
-    from prelar.evaluate.prediction import psnr
-    from prelar.evaluate.report import transfer_metric
+    from prelar.evaluate.prediction import copy_last_frame_mse, psnr
 
     start = time.perf_counter()
     cfg, dev, out = params.evaluate, evaluation_device(params), Path(out)
@@ -519,7 +468,8 @@ def transfer_stage(
         for seed in cfg.seeds:
             train, test = offline.split(clips, cfg.transfer_test_fraction, seed)
             splits[seed] = {"train_episodes": len(train), "test_episodes": len(test)}
-            copy = offline.copy_last_mse(offline.windows(test, cfg.transfer_eval_windows))  # [B, H]
+            held_out = torch.from_numpy(offline.episode_windows(test, cfg)["frames"])  # [B, T, 3, 64, 64]
+            copy = copy_last_frame_mse(held_out, cfg.context)  # [B, H]
             for k in grid:  # the yardstick: repeat the last context frame (no model), flat in K
                 rows.append(
                     {
@@ -533,10 +483,13 @@ def transfer_stage(
                 )
             for method, path in methods:
                 t0 = time.perf_counter()
-                pretrained, _ = load_pretrained(method, path, params.model)
+                finetuner = registry.finetuned_by(method).name if path is not None else method
+                pretrained, _ = load_pretrained(finetuner, path, params.model)
                 if pretrained is not None:
                     pretrained.to(dev)
-                curve = offline.transfer(method, pretrained, params, train, test, seed, progress=bar.update)
+                curve = offline.transfer(
+                    finetuner, pretrained, params, train, test, seed, progress=bar.update
+                )
                 seconds[f"{method}/seed{seed}"] = round(time.perf_counter() - t0, 2)
                 update_seconds += curve.update_seconds
                 tags = {
@@ -553,10 +506,14 @@ def transfer_stage(
                 with mlflow_run(params, "transfer", method, seed, tags) as run:
                     for point in points:
                         k = point["updates"]
-                        values = {transfer_metric(k): point["mse"], f"transfer/psnr_k{k}": point["psnr"]}
-                        run.log_metrics({**values, f"transfer/train_mse_k{k}": point["train_mse"]}, step=k)
+                        values = {
+                            names.transfer_metric(k): point["mse"],
+                            names.transfer_psnr_metric(k): point["psnr"],
+                            names.transfer_train_mse_metric(k): point["train_mse"],
+                        }
+                        run.log_metrics(values, step=k)
                     if curve.losses:
-                        run.log_metrics({"transfer/final_loss": curve.losses[-1]}, step=grid[-1])
+                        run.log_metrics({names.TRANSFER_FINAL_LOSS: curve.losses[-1]}, step=grid[-1])
                 rows += [{"method": method, "seed": seed, **point} for point in points]
     finally:
         bar.close()
