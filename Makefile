@@ -11,9 +11,12 @@ setup:
 run: setup
 	.venv/bin/dvc repro
 
+# Two pytest workers, one OpenMP thread each (two 2-thread PyTorch processes on 2 cores slow both ~6x); a test
+# file stays on one worker, in order (the end-to-end `dvc repro` test runs beside the others).
 test: setup
 	.venv/bin/ruff check prelar pipelines tests bench
-	.venv/bin/python -m pytest -q tests
+	OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q -n 2 --dist loadfile tests
 
+# bench_reference.py needs the user's checkout of the reference code (--ref PATH; see its docstring).
 bench: setup
-	for b in bench/bench_*.py; do .venv/bin/python $$b; done
+	for b in bench/bench_*.py; do [ $$b = bench/bench_reference.py ] || .venv/bin/python $$b; done
