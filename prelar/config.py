@@ -139,7 +139,7 @@ class Model(_Section):
 class Pretrain(_Section):
     """World-model pre-training on action-free video segments."""
 
-    steps: int = 200
+    steps: int = 160
     lr: float = 3e-4
     eps: float = 1e-5
     grad_clip: float = 100.0
@@ -295,7 +295,7 @@ class Evaluate(_Section):
     transfer_action_noise: float = 0.3
     transfer_seed: int = 1
     transfer_data: str = "datasets/shards/downstream"
-    transfer_updates: list[NonNegativeInt] = Field([0, 50, 100, 150], min_length=1)  # K: after K updates
+    transfer_updates: list[NonNegativeInt] = Field([0, 50, 100], min_length=1)  # K: after K updates
     transfer_batch_size: PositiveInt = 8  # segments per update
     transfer_segment_length: int = 25
     transfer_test_fraction: float = Field(0.25, gt=0, lt=1)  # episodes held out of fine-tuning, scored

@@ -85,28 +85,28 @@ def test_dvc_repro_tiny_profile(tiny_repo):
     assert "up to date" in status.stdout.lower(), status.stdout
 
 
-def test_readme_sweep_two_experiments_then_exp_show_and_mlflow(tiny_repo):
-    """The README's sweep: one `dvc exp run -S` per value of a pre-training parameter (pre-training only),
-    `dvc exp show` lists both experiments with their value and metrics, and MLflow holds both runs."""
+def test_readme_sweep_exp_run_exp_show_and_mlflow(tiny_repo):
+    """The README's sweep over a pre-training parameter: the workspace's own run (β_r = 1, `dvc repro`,
+    a no-op after the test above), then one `dvc exp run -S` per other value; `dvc exp show` lists the
+    experiment with its value and metrics, and MLflow holds both runs, to compare."""
     import mlflow
 
     repo, env = tiny_repo
     dvc = [sys.executable, "-m", "dvc"]
     for cmd in (["git", "config", "user.email", "t@t"], ["git", "config", "user.name", "t"]):
         _run(cmd, repo, env)  # `dvc exp run` commits the workspace's changes to an experiment ref
-    values = (0.5, 2.0)  # not the default 1.0: DVC's run cache would restore that run instead of running it
-    for value in values:
-        _run([*dvc, "exp", "run", "pretrain@prelar", "-S", f"model.beta_r={value}"], repo, env)
+    _run([*dvc, "repro", "pretrain@prelar"], repo, env)  # β_r = 1.0, the params.yaml value
+    metrics = repo / "metrics/pretrain_prelar.json"
+    final = {1.0: json.loads(metrics.read_text())["train/total"]}  # beta_r -> final pre-training loss
+    _run([*dvc, "exp", "run", "pretrain@prelar", "-S", "model.beta_r=0.5"], repo, env)
 
     shown = json.loads(_run([*dvc, "exp", "show", "--json"], repo, env).stdout)
-    experiments = [rev for base in shown for exp in base.get("experiments") or [] for rev in exp["revs"]]
-    final = {}  # beta_r -> the experiment's final pre-training loss
-    for exp in experiments:
-        data = exp["data"]
-        beta_r = data["params"]["params.yaml"]["data"]["model"]["beta_r"]
-        final[beta_r] = data["metrics"]["metrics/pretrain_prelar.json"]["data"]["train/total"]
-    assert sorted(final) == sorted(values), shown
-    assert final[0.5] != final[2.0]  # β_r weights the consistency term of the loss (Eq. 9)
+    revs = [rev for base in shown for exp in base.get("experiments") or [] for rev in exp["revs"]]
+    assert len(revs) == 1, shown
+    data = revs[0]["data"]
+    assert data["params"]["params.yaml"]["data"]["model"]["beta_r"] == 0.5, shown
+    final[0.5] = data["metrics"]["metrics/pretrain_prelar.json"]["data"]["train/total"]
+    assert final[0.5] != final[1.0]  # β_r weights the consistency term of the loss (Eq. 9)
 
     tracking = yaml.safe_load((repo / "params.yaml").read_text())["mlflow"]
     assert tracking["tracking_uri"] == "sqlite:///mlflow.db"  # relative: the repository root, where DVC runs
@@ -115,8 +115,8 @@ def test_readme_sweep_two_experiments_then_exp_show_and_mlflow(tiny_repo):
     runs = client.search_runs(
         [experiment.experiment_id], filter_string="tags.stage = 'pretrain' and tags.method = 'prelar'"
     )
-    logged = {run.data.params["model.beta_r"]: run for run in runs}
-    for value in values:
-        run = logged[str(value)]
+    logged = {float(run.data.params["model.beta_r"]): run for run in runs}
+    for value in final:
+        run = logged[value]
         assert run.info.status == "FINISHED"
         assert run.data.metrics["train/total"] == pytest.approx(final[value])
