@@ -15,7 +15,7 @@ run: setup
 # file stays on one worker, in order (the end-to-end `dvc repro` test runs beside the others).
 test: setup
 	.venv/bin/ruff check prelar pipelines tests bench
-	OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q -n 2 --dist loadfile tests
+	OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q -n 2 --dist loadfile --durations=10 tests
 
 # bench_reference.py needs the user's checkout of the reference code (--ref PATH; see its docstring).
 bench: setup

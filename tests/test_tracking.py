@@ -98,10 +98,12 @@ def test_a_disabled_run_logs_nothing_and_leaves_signals_alone(params):
 
 HOLD_A_RUN = textwrap.dedent(
     """
-    import os, sys, time
+    import os, signal, sys, time
     from pathlib import Path
     from prelar import config, tracking
 
+    # as started from a shell: a parent that ignores SIGINT (a pytest-xdist worker does) passes SIG_IGN on
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     params = config.Params(mlflow={"tracking_uri": sys.argv[1], "experiment": sys.argv[3]})
     with tracking.stage_run(params, "pretrain/prelar", {"stage": "pretrain"}) as run:
         Path(sys.argv[2] + ".tmp").write_text(run.run_id)
