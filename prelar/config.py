@@ -148,8 +148,9 @@ class Pretrain(_Section):
     compile: bool = False
     log_every: int = 20
     checkpoint_every: int = 100  # also where the data stream reseeds (exact resume)
-    eval_clips: int = 16  # held-out clips for open-loop prediction at the end (0: skip)
-    probe: bool = True  # the latent-action probe at the end, on the probe stage's clips (evaluate.probe_*)
+    eval_clips: int = 16  # held-out clips for open-loop prediction (learning curves and the end; 0: skip)
+    curve_every: int = 40  # updates between learning-curve points (prelar/evaluate/curves.py; 0: end only)
+    probe: bool = True  # the latent-action probe (curves, end) on the probe stage's clips (evaluate.probe_*)
     out: str = "runs/pretrain"  # a variant's run folder is <out>/<variant>
     # The variants the DVC `pretrain` stage pre-trains (its `foreach`), each with `model` values applied on
     # top of `model:`. What defines a variant (e.g. apv: action_free) is registered in prelar/methods.py,

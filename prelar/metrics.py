@@ -8,6 +8,8 @@ The one home of these names: the producers (`prelar.pretrain`, `prelar.agent.fin
 | finetune        | method, task, seed | `eval/success_rate` (history)        | environment step       |
 | pretrain        | method, seed       | `train/<term>` (history), e.g.       | update                 |
 |                 |                    | `train/total`                        |                        |
+| pretrain        | method, seed       | `curve/<measurement>` (history), e.g.| update                 |
+|                 |                    | `curve/probe_r2`, `curve/pred_mse`   |                        |
 | probe           | method, seed       | `probe/r2`                           | any (latest is used)   |
 | controllability | method, seed       | `controllability/delta_psnr_h{k}`    | k = open-loop horizon  |
 | transfer        | method, seed       | `transfer/mse_k{K}`                  | K = fine-tuning updates|
@@ -38,6 +40,7 @@ RETURN = "eval/return"
 
 # ---- pre-training (`prelar.pretrain`) ----
 PRETRAIN_PREFIX = "train/"  # + loss term, e.g. train/total (fine-tuning may use the prefix too)
+CURVE_PREFIX = "curve/"  # + a held-out measurement of `prelar.evaluate.curves`, e.g. curve/probe_r2
 
 # ---- evaluation stages (`prelar.evaluate.stages`) ----
 PROBE_R2 = "probe/r2"

@@ -28,7 +28,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as torch_dist
 from torch import nn
@@ -279,6 +278,11 @@ def _train(params, shards, out, dist, run_name, callback, variant) -> dict[str, 
     }
 
     objective = objective_of(model, params, dist)
+    monitor = None
+    if dist.is_main:
+        from prelar.evaluate import curves
+
+        monitor = curves.Monitor(params, shard_list, model.cfg, dev)
 
     frames_per_step = params.loader.batch_size * params.loader.segment_length * dist.world_size
     sums: dict[str, float] = {}
@@ -292,6 +296,8 @@ def _train(params, shards, out, dist, run_name, callback, variant) -> dict[str, 
         bar,
         contextlib.closing(stream),
     ):
+        if dist.is_main and step == 0 and cfg.curve_every > 0:  # the curves start at the initialisation
+            _curve_point(monitor, model, out, 0, 0, mlflow_run)
         while step < cfg.steps:
             t0 = time.perf_counter()
             frames = next(stream).to(dev, non_blocking=True)  # uint8 [B,T,3,64,64]
@@ -331,6 +337,8 @@ def _train(params, shards, out, dist, run_name, callback, variant) -> dict[str, 
                 mlflow_run.log_metrics(last, step=step)
                 bar.set_postfix(loss=f"{last['train/total']:.3f}", fps=f"{last['perf/frames_per_s']:.0f}")
                 sums, count, busy = {}, 0, 0.0
+            if dist.is_main and cfg.curve_every > 0 and step % cfg.curve_every == 0 and step < cfg.steps:
+                _curve_point(monitor, model, out, step, step * frames_per_step, mlflow_run)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 rng = _gather_rng(dist)
                 if dist.is_main:
@@ -346,9 +354,10 @@ def _train(params, shards, out, dist, run_name, callback, variant) -> dict[str, 
         bar.close()
         result = {"step": step, **last}
         if dist.is_main:  # inside the run: an evaluation that raises fails it
-            model.eval()
-            result.update(evaluate(model, params, shard_list, out))
-            model.train()
+            final = evaluate(model, params, shard_list, out, monitor)
+            result.update(final)
+            if cfg.curve_every > 0:
+                _curve_point(monitor, model, out, step, step * frames_per_step, mlflow_run, final)
             (out / tracking.METRICS).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
             mlflow_run.log_metrics({k: v for k, v in result.items() if isinstance(v, int | float)}, step=step)
             figures = sorted((out / "figures").glob("*")) if (out / "figures").exists() else []
@@ -357,53 +366,25 @@ def _train(params, shards, out, dist, run_name, callback, variant) -> dict[str, 
     return result
 
 
-def evaluate(model: nn.Module, params: config.Params, shards, out: str | Path) -> dict[str, Any]:
-    """Pre-training evaluation: open-loop prediction on held-out clips (the first `evaluate.context` +
-    `evaluate.horizon` frames of each), and the latent-action probe exactly as the probe stage runs it (its
-    clips, split, seeds and precision: `prelar.evaluate.probe`), so both report the same `probe_r2`. Figures
-    go to `out/figures/`; returns flat metrics (or `*_skipped` reasons)."""
-    from prelar.data.shards import iter_clips
-    from prelar.evaluate import prediction, probe
+def _curve_point(monitor, model, out: Path, step: int, frames: int, mlflow_run, measured=None) -> None:
+    """One point of the learning curves (`measured`, or measured now): `out/curves.csv` and MLflow
+    `curve/<name>` at this update (the first, before any update)."""
+    from prelar.evaluate import curves
 
-    cfg, ev = params.pretrain, params.evaluate
-    out = Path(out)
-    result: dict[str, Any] = {}
-    held_out = []
-    if cfg.eval_clips > 0:
-        for clip in iter_clips(shards, split="holdout", holdout_fraction=params.loader.holdout_fraction):
-            if len(clip.frames) >= ev.window:
-                held_out.append(clip.frames[: ev.window])
-            if len(held_out) == cfg.eval_clips:
-                break
-    if held_out:
-        result.update(prediction.evaluate_prediction(model, np.stack(held_out), out / "figures", ev.context))
-    else:
-        result["prediction_skipped"] = (
-            f"no held-out clip of >= {ev.window} frames "
-            f"(loader.holdout_fraction={params.loader.holdout_fraction}, "
-            f"pretrain.eval_clips={cfg.eval_clips})"
-        )
-    if params.model.action_free:
-        result["probe_skipped"] = "the action-free model has no latent actions"
-    elif cfg.probe:
-        try:
-            clips, split_used = probe.probe_clips(shards, params)
-            dev = next(model.parameters()).device
-            rows = probe.latent_action_probe({"model": model}, clips, ev, model.cfg, dev)
-        except ValueError as err:  # too few episodes or clips with true actions
-            result["probe_skipped"] = str(err)
-            return result
+    values = curves.numeric(measured if measured is not None else monitor.measure(model))
+    curves.append_row(out / curves.CSV, step, frames, values)
+    mlflow_run.log_metrics({f"{names.CURVE_PREFIX}{k}": v for k, v in values.items()}, step=step)
 
-        def mean(method: str, key: str) -> float:  # over the seeds of evaluate.seeds
-            return float(np.mean([row[key] for row in rows if row["method"] == method]))
 
-        dims = [k for k in rows[0] if k.startswith("r2_dim")]
-        result.update(
-            probe_r2=mean("model", "r2"),
-            probe_r2_untrained=mean(probe.UNTRAINED, "r2"),
-            probe_clips=len(clips),
-            probe_episodes=len({probe.episode_key(c) for c in clips}),
-            probe_clip_split=split_used,
-            **{f"probe_{k}": mean("model", k) for k in dims},
-        )
-    return result
+def evaluate(
+    model: nn.Module, params: config.Params, shards, out: str | Path, monitor: Any = None
+) -> dict[str, Any]:
+    """Pre-training evaluation: the learning curves' measurement (`prelar.evaluate.curves.Monitor`: open-loop
+    prediction on held-out clips beside copy-last-frame, ΔPSNR, the latent-action probe exactly as the probe
+    stage runs it, the KL terms), with the prediction GIF and Fig. 1 grids in `out/figures/`. `monitor`: the
+    run's (built here if None). Returns flat metrics (or `*_skipped` reasons)."""
+    from prelar.evaluate import curves
+
+    if monitor is None:
+        monitor = curves.Monitor(params, shards, model.cfg, next(model.parameters()).device)
+    return monitor.measure(model, Path(out) / "figures")

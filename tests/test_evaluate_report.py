@@ -63,7 +63,8 @@ def store(tmp_path_factory):
             {"stage": "pretrain", "method": method, "seed": "0"},
             histories=[
                 (f"{names.PRETRAIN_PREFIX}{k}", s, 10.0 / (s + 1)) for k in ("loss", "kl") for s in range(5)
-            ],
+            ]
+            + [(f"{names.CURVE_PREFIX}{k}", s, 0.1 * s) for k in ("probe_r2", "pred_mse_ratio") for s in range(3)],
             artifact=gif if method == "prelar" else None,
         )
         for seed in (0, 1):
@@ -118,10 +119,11 @@ def test_report_writes_table_figures_gifs_and_csv(store, tmp_path, capsys):
     summary_table = page[page.index("<table") : page.index("</table>")]
     assert re.findall(r"<td>(PreLAR|APV)</td>", summary_table) == ["PreLAR", "APV"]  # labels, registry order
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
-    # intervals, improvement, profiles, aggregate curves, task curves, losses, probe, ΔPSNR, transfer
-    assert len(images) == 9
+    # intervals, improvement, profiles, aggregate curves, task curves, learning curves, losses, probe, ΔPSNR,
+    # transfer
+    assert len(images) == 10
     assert Image.open(io.BytesIO(base64.b64decode(images[0]))).size[0] > 100
-    assert len(list((out / "figures").glob("*.png"))) == 9
+    assert len(list((out / "figures").glob("*.png"))) == 10
     gifs = re.findall(r'src="data:image/gif;base64,([^"]+)"', page)
     assert len(gifs) == 1 and iio.imread(base64.b64decode(gifs[0]), index=None).shape[0] == 4
     assert "status FAILED" in page and "superseded by the later run" in page
@@ -155,6 +157,8 @@ def test_report_writes_table_figures_gifs_and_csv(store, tmp_path, capsys):
     assert psnr.loc[(10, "PreLAR"), "delta_psnr"] == pytest.approx(3.0)
     assert sorted(pd.read_csv(out / "transfer.csv")["updates"].unique()) == [0, 100]
     assert set(pd.read_csv(out / "pretrain_losses.csv")["metric"]) == {"train/loss", "train/kl"}
+    learning = pd.read_csv(out / "learning_curves.csv")
+    assert set(learning["metric"]) == {"curve/probe_r2", "curve/pred_mse_ratio"} and len(learning) == 2 * 2 * 3
     assert (out / "dvc_band.json").exists() and (out / "dvc_runs.json").exists()
 
 
@@ -201,6 +205,7 @@ def test_missing_sections_say_not_run(store, tmp_path):
     assert "<td>PreLAR</td>" in page
     for missing in (
         "train/*",
+        "curve/*",
         "probe/r2",
         "controllability/delta_psnr_h",
         "transfer/mse_k",
@@ -212,5 +217,5 @@ def test_missing_sections_say_not_run(store, tmp_path):
     code, out = _report(tmp_path, f"sqlite:///{tmp_path / 'absent.db'}")
     assert code == 0 and not (tmp_path / "absent.db").exists()
     page = (out / "report.html").read_text()
-    assert "no MLflow store at" in page and page.count("Not run:") == 7
+    assert "no MLflow store at" in page and page.count("Not run:") == 8
     assert list(pd.read_csv(out / "curves.csv").columns) == ["env_step", "success", "method", "task", "seed"]

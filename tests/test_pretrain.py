@@ -256,3 +256,36 @@ def test_a_final_evaluation_that_raises_fails_the_run_and_a_rerun_reopens_it(sha
     result = pretrain.pretrain(tiny_params(tracking_uri, steps=2, eval_clips=2), shards, tmp_path)
     assert result["pred_clips"] >= 1
     assert client.get_run(run_id).info.status == "FINISHED"  # the same run, reopened by its id
+
+
+def test_learning_curves_measure_held_out_data_from_the_start_and_end_on_the_final_metrics(
+    shards, tracking_uri, tmp_path
+):
+    from mlflow.tracking import MlflowClient
+
+    from prelar.evaluate import curves
+
+    params = tiny_params(tracking_uri, steps=4, eval_clips=2, probe=True, curve_every=2)
+    result = pretrain.pretrain(params, shards, tmp_path)
+    rows = curves.read(tmp_path / curves.CSV)
+    assert [int(r["step"]) for r in rows] == [0, 2, 4]
+    assert [int(r["frames"]) for r in rows] == [0, 2 * 4 * 8, 4 * 4 * 8]  # batch 4 x segment 8 per update
+    for row in rows:
+        mse, copy_last = float(row["pred_mse"]), float(row["pred_copy_last_frame_mse"])
+        assert float(row["pred_mse_ratio"]) == pytest.approx(mse / copy_last)
+        assert float(row["kl_action"]) > 0 and float(row["kl_dyn"]) >= 0
+        assert row["probe_r2_untrained"] == rows[0]["probe_r2_untrained"]  # measured once
+    assert len({row["pred_copy_last_frame_mse"] for row in rows}) == 1  # the same held-out windows
+    assert rows[0]["pred_mse"] != rows[-1]["pred_mse"] and rows[0]["probe_r2"] != rows[-1]["probe_r2"]
+    for key in ("pred_mse", "probe_r2", "kl_action", "delta_psnr"):  # the last point is the final evaluation
+        assert float(rows[-1][key]) == pytest.approx(result[key], rel=1e-6), key
+
+    client = MlflowClient(tracking.resolve_tracking_uri(tracking_uri))
+    run_id = checkpoint.load(tmp_path / "checkpoint.pt")["extra"]["mlflow_run_id"]
+    history = client.get_metric_history(run_id, "curve/probe_r2")
+    assert sorted(m.step for m in history) == [0, 2, 4]
+
+    # a resumed run continues the curve from its checkpoint
+    longer = tiny_params(tracking_uri, steps=6, eval_clips=2, probe=True, curve_every=2)
+    pretrain.pretrain(longer, shards, tmp_path)
+    assert [int(r["step"]) for r in curves.read(tmp_path / curves.CSV)] == [0, 2, 4, 6]

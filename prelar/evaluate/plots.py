@@ -220,3 +220,35 @@ def histories(table: pd.DataFrame, title: str) -> Figure:
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def learning_curves(
+    table: pd.DataFrame, panels: list[tuple[str, str, str | float | None]], title: str
+) -> Figure:
+    """One panel per (metric, label, yardstick) of `panels` (columns step, metric, value, method, seed), one
+    line per run coloured by method. The yardstick is a constant (grey line) or another metric of the table
+    (dashed per run: e.g. the untrained encoder's probe); None: none. Panels without data are left out."""
+    panels = [p for p in panels if (table["metric"] == p[0]).any()]
+    cols = min(3, max(len(panels), 1))
+    rows = max(-(-len(panels) // cols), 1)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.2 * rows), squeeze=False)
+    colors = _colors(sorted(table["method"].unique()))
+    for ax, (metric, label, yardstick) in zip(axes.flat, panels, strict=False):
+        for (method, seed), run in table.groupby(["method", "seed"], sort=True):
+            line = run[run["metric"] == metric].sort_values("step")
+            ax.plot(line["step"], line["value"], color=colors[method], lw=1.2, marker="o", ms=2,
+                    label=f"{method} s{seed}")
+            if isinstance(yardstick, str):
+                ref = run[run["metric"] == yardstick].sort_values("step")
+                ax.plot(ref["step"], ref["value"], "--", color=colors[method], lw=0.8)
+        if isinstance(yardstick, int | float):
+            ax.axhline(yardstick, color="grey", lw=0.9, ls="--")
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel("update")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

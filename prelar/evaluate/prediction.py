@@ -183,7 +183,9 @@ def _write_figures(
 
 
 @torch.no_grad()
-def evaluate_prediction(model: nn.Module, clips: np.ndarray, out: str | Path, context: int) -> dict[str, Any]:
+def evaluate_prediction(
+    model: nn.Module, clips: np.ndarray, out: str | Path | None, context: int
+) -> dict[str, Any]:
     """Open-loop prediction metrics and figures on held-out clips uint8 [N,T,64,64,3] (T = context + horizon).
 
     The latent actions are the posterior means inferred from the clip itself (they see the future frame pairs
@@ -191,7 +193,7 @@ def evaluate_prediction(model: nn.Module, clips: np.ndarray, out: str | Path, co
     `pred_copy_last_frame_mse` (the yardstick's, likewise), `pred_psnr` (mean over the horizon),
     `pred_psnr_h{k}` for k = 1, 5, 10, ..., the last step; `delta_psnr` (and per horizon) when the model has
     latent actions and N >= 2. Writes `open_loop.gif` and, with N >= 4 and latent actions, the two Fig. 1
-    grids into `out`.
+    grids into `out` (None: no figures).
     """
     frames = _frames(clips, model)  # uint8 [N,T,3,64,64]
     own = None if model.cfg.action_free else model.infer_latent_actions(frames)[0]  # [N,T-1,A]
@@ -211,6 +213,7 @@ def evaluate_prediction(model: nn.Module, clips: np.ndarray, out: str | Path, co
         delta = controllability(model, frames, context)["delta_psnr"]  # [H]
         result["delta_psnr"] = delta.mean().item()
         result[f"delta_psnr_h{horizon}"] = delta[-1].item()
-    pred = predict(model, frames[:4], None if action is None else action[:4], context)  # [≤4,H,3,64,64]
-    _write_figures(model, frames, own, pred, Path(out), context)
+    if out is not None:
+        pred = predict(model, frames[:4], None if action is None else action[:4], context)  # [≤4,H,3,64,64]
+        _write_figures(model, frames, own, pred, Path(out), context)
     return result

@@ -154,13 +154,13 @@ def latent_action_probe(
     models: dict[str, nn.Module],
     clips: list[Clip],
     cfg: config.Evaluate,
-    untrained: config.Model,
+    untrained: config.Model | None,
     dev: torch.device,
 ) -> list[dict[str, Any]]:
     """R² of the ridge probe latent action → true action on held-out episodes, for each model (method →
     world model with latent actions) and for an untrained encoder of config `untrained` built on `dev`
-    (method `UNTRAINED`), per seed of `cfg.seeds` (the seed draws the episode split and the untrained
-    initialisation). Features are computed in `cfg.precision`.
+    (method `UNTRAINED`; None: none), per seed of `cfg.seeds` (the seed draws the episode split and the
+    untrained initialisation). Features are computed in `cfg.precision`.
 
     Clips without actions are ignored. Returns one row per (method, seed): method, seed, r2, r2_dim{i},
     fit_episodes, test_episodes, test_frames. Raises ValueError when the clips hold fewer than 2 episodes.
@@ -175,8 +175,11 @@ def latent_action_probe(
     for seed, (fit, test) in splits.items():
         fit_idx = [i for i, k in enumerate(keys) if k in fit]
         test_idx = [i for i, k in enumerate(keys) if k in test]
-        fresh = latent_action_features(untrained_like(untrained, seed, dev), clips, cfg.precision)
-        for method, feats in [*features.items(), (UNTRAINED, fresh)]:
+        baseline = {}
+        if untrained is not None:
+            fresh = untrained_like(untrained, seed, dev)
+            baseline[UNTRAINED] = latent_action_features(fresh, clips, cfg.precision)
+        for method, feats in {**features, **baseline}.items():
             r2, per_dim = ridge_r2(feats, actions, fit_idx, test_idx, alpha)
             rows.append(
                 {

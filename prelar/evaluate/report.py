@@ -14,8 +14,8 @@ Outputs in `report.out`: `report.html` (figures and GIFs embedded as base64), `f
 `summary.csv` (the aggregate table), `probability_of_improvement.csv` (x, y, probability, low, high),
 `performance_profiles.csv` (tau, method, fraction, low, high), `probe.csv` (method, seed, r2),
 `controllability.csv` (horizon, method, delta_psnr, low, high), `transfer.csv` (updates, method, mse, low,
-high), `pretrain_losses.csv` (step, metric, value, method, seed). Every CSV is written, with its header,
-even when its section was not run, so DVC outputs always exist.
+high), `pretrain_losses.csv` and `learning_curves.csv` (step, metric, value, method, seed). Every CSV is
+written, with its header, even when its section was not run, so DVC outputs always exist.
 """
 
 from __future__ import annotations
@@ -30,6 +30,16 @@ from prelar import metrics as names
 from prelar.evaluate import aggregate, html, plots, runs
 
 PROFILE_TAUS = (0.25, 0.5, 0.75)  # the performance profile's thresholds shown in its table
+# The learning-curve panels (`prelar.evaluate.curves`): metric, title, yardstick (a constant or a metric)
+_C = names.CURVE_PREFIX
+LEARNING_PANELS = [
+    (f"{_C}probe_r2", "probe R² (dashed: untrained encoder)", f"{_C}probe_r2_untrained"),
+    (f"{_C}delta_psnr", "ΔPSNR own vs shuffled latent actions (dB)", 0.0),
+    (f"{_C}pred_mse_ratio", "open-loop MSE / copy-last-frame MSE", 1.0),
+    (f"{_C}kl_action", "action KL (nats)", None),
+    (f"{_C}kl_dyn", "dynamics KL (nats)", None),
+    (f"{_C}consistency_agreement", "consistency: ordering agreement", 0.5),
+]
 _RANK = {m.label: i for i, m in enumerate(methods.METHODS.values())}
 
 
@@ -89,6 +99,7 @@ def _write_csv(
         "performance_profiles": stats["profiles"],
         "probe": tables["probe"],
         "pretrain_losses": tables["pretrain"],
+        "learning_curves": tables["learning"],
         "controllability": stats["controllability"],
         "transfer": stats["transfer"],
     }
@@ -156,7 +167,22 @@ def _evaluation_sections(
     page: html.Page, tables: dict[str, pd.DataFrame], stats: dict[str, pd.DataFrame], ci: str
 ) -> None:
     """Pre-training losses, the latent-action probe, controllability and offline transfer."""
-    pretrain, probe = tables["pretrain"], tables["probe"]
+    pretrain, probe, learning = tables["pretrain"], tables["probe"], tables["learning"]
+    page.heading("When do latent actions become informative")
+    if learning.empty:
+        page.not_run(f"no run tagged stage=pretrain logged learning curves `{names.CURVE_PREFIX}*`")
+    else:
+        page.text(
+            "Measured on held-out clips during pre-training (prelar/evaluate/curves.py), one line per run. "
+            "Probe R² of the latent-action mean → true action (dashed: the untrained encoder); ΔPSNR of "
+            "open-loop prediction with the clip's own latent actions vs another clip's; open-loop MSE over "
+            "the horizon divided by copying the last context frame (below 1: better than the yardstick); "
+            "the action and dynamics KL terms; the consistency loss's ordering agreement (0.5: chance)."
+        )
+        page.figure(
+            "learning_curves",
+            plots.learning_curves(learning, LEARNING_PANELS, "Learning curves on held-out clips"),
+        )
     page.heading("Pre-training losses")
     if pretrain.empty:
         page.not_run(f"no run tagged stage=pretrain logged metrics named `{names.PRETRAIN_PREFIX}*`")

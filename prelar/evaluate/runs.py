@@ -2,9 +2,10 @@
 from a CSV.
 
 Runs are found by their metric names, not by the `stage` tag (one evaluation run may log probe, ΔPSNR and
-transfer together), except the `train/` losses, read only from `stage=pretrain` runs (fine-tuning may use
-the same prefix). FAILED/KILLED runs, runs without a `method` tag, and success curves without a `task` tag
-are listed as skipped with the reason. Methods are shown by their registered label (`prelar.methods`).
+transfer together), except the `train/` losses and `curve/` learning curves, read only from `stage=pretrain`
+runs (fine-tuning may use the same prefix). FAILED/KILLED runs, runs without a `method` tag, and success
+curves without a `task` tag are listed as skipped with the reason. Methods are shown by their registered
+label (`prelar.methods`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ PUBLISHED_SUFFIX = " (published)"
 COLUMNS = {
     "curves": ["env_step", "success", "method", "task", "seed"],
     "pretrain": ["step", "metric", "value", "method", "seed"],
+    "learning": ["step", "metric", "value", "method", "seed"],
     "probe": ["method", "seed", "r2"],
     "controllability": ["method", "seed", "horizon", "delta_psnr"],
     "transfer": ["method", "seed", "updates", "mse"],
@@ -128,9 +130,10 @@ def _collect_run(client, run, out: Collected, gif_count: dict[str, int], gifs_pe
             out.skipped.append(f"{label}: logs `{names.SUCCESS_RATE}` but has no `{names.TAG_TASK}` tag")
     pretraining = tags.get(names.TAG_STAGE) == names.PRETRAIN_STAGE
     for name in sorted(metrics):
-        if name.startswith(names.PRETRAIN_PREFIX) and pretraining:
+        table = "pretrain" if name.startswith(names.PRETRAIN_PREFIX) else "learning"
+        if pretraining and name.startswith((names.PRETRAIN_PREFIX, names.CURVE_PREFIX)):
             for m in client.get_metric_history(info.run_id, name):
-                out.rows["pretrain"].append({"step": m.step, "metric": name, "value": m.value, **key})
+                out.rows[table].append({"step": m.step, "metric": name, "value": m.value, **key})
         elif name == names.PROBE_R2:
             out.rows["probe"].append({"r2": metrics[name], **key})
         elif (horizon := names.delta_psnr_horizon(name)) is not None:

@@ -1,0 +1,132 @@
+"""Learning curves of pre-training: how well the world model predicts, and how much its latent actions carry,
+measured on held-out data every `pretrain.curve_every` updates and at the end of the run.
+
+One measurement (`Monitor.measure`), each part defined once elsewhere and called here:
+- open-loop prediction (`prelar.evaluate.prediction.evaluate_prediction`): `pred_mse` over the horizon with
+  the clip's own inferred latent actions, beside `pred_copy_last_frame_mse`, the model-free yardstick, and
+  their ratio `pred_mse_ratio` (below 1: the model beats copying the last frame); `delta_psnr` (own vs
+  another clip's latent actions);
+- the latent-action probe (`prelar.evaluate.probe.latent_action_probe`, the probe stage's clips, split and
+  seeds): `probe_r2`, beside `probe_r2_untrained` (a fresh encoder, measured once when the monitor is built);
+- the objective's own terms on the held-out windows (`WorldModel.loss`, eval mode, a fixed generator):
+  `kl_action` (nats, summed over the latent dims), `kl_dyn` (nats, summed over the categoricals),
+  `consistency_agreement` (the fraction of pairs whose Δã and Δŝ orderings agree; 0.5 is chance).
+
+The held-out data are chosen once (`Monitor.__init__`) so that every point of a curve measures the same
+windows and episodes; the end-of-run evaluation (`prelar.pretrain.evaluate`) is the last measurement, so the
+curve's last point and the stage's metrics agree.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from prelar import config
+from prelar.evaluate import prediction, probe
+from prelar.world_model import evaluating
+
+CSV = "curves.csv"  # in the pre-training run folder: step, frames, then the measurements
+
+
+class Monitor:
+    """The held-out data of the learning curves, and the measurement of a model on them."""
+
+    def __init__(self, params: config.Params, shards, model_cfg: config.Model, dev: torch.device):
+        from prelar.data.shards import iter_clips
+
+        self.params, self.model_cfg = params, model_cfg
+        ev, cfg = params.evaluate, params.pretrain
+        self.skipped: dict[str, str] = {}
+        held_out = []
+        if cfg.eval_clips > 0:
+            for clip in iter_clips(shards, split="holdout", holdout_fraction=params.loader.holdout_fraction):
+                if len(clip.frames) >= ev.window:
+                    held_out.append(clip.frames[: ev.window])
+                if len(held_out) == cfg.eval_clips:
+                    break
+        self.windows = np.stack(held_out) if held_out else None  # uint8 [N, context + horizon, 64, 64, 3]
+        if self.windows is None:
+            self.skipped["prediction_skipped"] = (
+                f"no held-out clip of >= {ev.window} frames "
+                f"(loader.holdout_fraction={params.loader.holdout_fraction}, "
+                f"pretrain.eval_clips={cfg.eval_clips})"
+            )
+        self.probe_clips: list = []
+        self.baseline: dict[str, Any] = {}
+        if model_cfg.action_free:
+            self.skipped["probe_skipped"] = "the action-free model has no latent actions"
+        elif cfg.probe:
+            try:
+                self.probe_clips, split = probe.probe_clips(shards, params)
+                rows = probe.latent_action_probe({}, self.probe_clips, ev, model_cfg, dev)
+            except ValueError as err:  # too few episodes or clips with true actions
+                self.skipped["probe_skipped"] = str(err)
+                self.probe_clips = []
+            else:
+                self.baseline = {
+                    "probe_r2_untrained": float(np.mean([row["r2"] for row in rows])),
+                    "probe_clips": len(self.probe_clips),
+                    "probe_episodes": len({probe.episode_key(c) for c in self.probe_clips}),
+                    "probe_clip_split": split,
+                }
+
+    def measure(self, model: nn.Module, figures: str | Path | None = None) -> dict[str, Any]:
+        """The measurements of `model` (flat; `*_skipped` reasons for those that cannot run); with `figures`,
+        also the prediction GIF and Fig. 1 grids written there."""
+        result: dict[str, Any] = dict(self.skipped)
+        if self.windows is not None:
+            ev = self.params.evaluate
+            with evaluating(model):
+                result.update(prediction.evaluate_prediction(model, self.windows, figures, ev.context))
+                result["pred_mse_ratio"] = result["pred_mse"] / max(result["pred_copy_last_frame_mse"], 1e-12)
+                frames = torch.from_numpy(self.windows).permute(0, 1, 4, 2, 3).to(_device(model))
+                generator = torch.Generator(device=frames.device).manual_seed(self.params.seed)
+                _, terms, _ = model.loss(frames, generator)
+            for name in ("kl_action", "kl_dyn", "consistency_agreement"):
+                result[name] = terms[name].item()
+        if self.probe_clips:
+            ev, dev = self.params.evaluate, _device(model)
+            with evaluating(model):
+                rows = probe.latent_action_probe({"model": model}, self.probe_clips, ev, None, dev)
+            result["probe_r2"] = float(np.mean([row["r2"] for row in rows]))
+            dims = [k for k in rows[0] if k.startswith("r2_dim")]
+            result.update({f"probe_{k}": float(np.mean([row[k] for row in rows])) for k in dims})
+            result.update(self.baseline)
+        return result
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def numeric(result: dict[str, Any]) -> dict[str, float]:
+    """The numbers of a measurement (what the curves and MLflow keep)."""
+    return {k: float(v) for k, v in result.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
+def append_row(path: str | Path, step: int, frames: int, values: dict[str, float]) -> None:
+    """Add one point (update `step`, `frames` seen) to the curves CSV at `path` (header: every key so far);
+    points at or after `step` (from an interrupted run, resumed from an earlier checkpoint) are replaced."""
+    path = Path(path)
+    rows = read(path) if path.exists() else []
+    rows = [r for r in rows if int(float(r["step"])) < step]
+    rows.append({"step": step, "frames": frames, **values})
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, columns, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+
+
+def read(path: str | Path) -> list[dict[str, str]]:
+    with Path(path).open(newline="") as f:
+        return list(csv.DictReader(f))
