@@ -30,6 +30,7 @@ COMMANDS = {
     "finetune": ("prelar.agent.finetune", "fine-tune + behaviour learning on a Meta-world task (finetune)"),
     "evaluate": ("prelar.evaluate.stages", "evaluation stages: probe, controllability, transfer (evaluate)"),
     "report": ("prelar.evaluate.report", "aggregate MLflow runs into the HTML report (report)"),
+    "study": ("prelar.study", "pre-training study: learning curves of several variants and seeds (study)"),
 }
 # `prelar ingest <source>`: the flags that stand for parameters of `data.<source>`.
 INGEST_FLAGS = {

@@ -26,6 +26,7 @@ from pydantic import (
     PositiveInt,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from prelar import methods as registry
@@ -319,6 +320,44 @@ class Report(_Section):
     gifs_per_method: int = 2  # GIF artifacts (sample predictions) embedded per method
 
 
+class StudyRun(_Section):
+    """One run of the study: a pre-training variant (prelar/methods.py) and `model` values on top of it."""
+
+    variant: str = "prelar"
+    model: dict[str, float | bool] = {}
+
+    @model_validator(mode="after")
+    def _registered(self) -> StudyRun:
+        defined = registry.variant(self.variant).model
+        unknown = sorted(set(self.model) - set(Model.model_fields))
+        if unknown:
+            raise ValueError(f"{unknown} are not `model` parameters")
+        clash = {k: v for k, v in self.model.items() if k in defined and defined[k] != v}
+        if clash:
+            raise ValueError(f"variant '{self.variant}' sets {dict(defined)}; {clash} contradict it")
+        return self
+
+
+class Study(_Section):
+    """The pre-training study (`prelar study`, pipelines/study/dvc.yaml): learning curves of each run of
+    `runs` x `seeds`, `steps` updates each, a curve point every `curve_every`; figures, tables in `docs`."""
+
+    steps: PositiveInt = 1200
+    curve_every: PositiveInt = 100
+    seeds: list[int] = [0, 1, 2]
+    runs: dict[str, StudyRun] = {
+        "prelar": StudyRun(variant="prelar"),
+        "prelar_beta_a_0.1": StudyRun(variant="prelar", model={"beta_a": 0.1}),
+        "prelar_no_cl_al": StudyRun(variant="prelar_no_cl_al"),
+        "apv": StudyRun(variant="apv"),
+        "prelar_beta_a_0.01": StudyRun(variant="prelar", model={"beta_a": 0.01}),
+        "prelar_no_cl": StudyRun(variant="prelar_no_cl"),
+    }
+    experiment: str = "prelar-study"  # the MLflow experiment of its runs
+    out: str = "runs/study"  # a run's folder: <out>/<run>/seed<seed>
+    docs: str = "docs/study"  # learning_curves.png, summary.csv, summary.md
+
+
 class MLflowCfg(_Section):
     tracking_uri: str = "sqlite:///mlflow.db"
     experiment: str = "prelar"
@@ -335,6 +374,7 @@ class Params(_Section):
     finetune: Finetune = Finetune()
     evaluate: Evaluate = Evaluate()
     report: Report = Report()
+    study: Study = Study()
 
 
 class ConfigError(ValueError):

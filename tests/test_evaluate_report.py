@@ -64,7 +64,7 @@ def store(tmp_path_factory):
             histories=[
                 (f"{names.PRETRAIN_PREFIX}{k}", s, 10.0 / (s + 1)) for k in ("loss", "kl") for s in range(5)
             ]
-            + [(f"{names.CURVE_PREFIX}{k}", s, 0.1 * s) for k in ("probe_r2", "pred_mse_ratio") for s in range(3)],
+            + [(f"{names.CURVE_PREFIX}{k}", s, 0.1 * s) for k in ("probe_r2", "kl_dyn") for s in range(3)],
             artifact=gif if method == "prelar" else None,
         )
         for seed in (0, 1):
@@ -158,7 +158,7 @@ def test_report_writes_table_figures_gifs_and_csv(store, tmp_path, capsys):
     assert sorted(pd.read_csv(out / "transfer.csv")["updates"].unique()) == [0, 100]
     assert set(pd.read_csv(out / "pretrain_losses.csv")["metric"]) == {"train/loss", "train/kl"}
     learning = pd.read_csv(out / "learning_curves.csv")
-    assert set(learning["metric"]) == {"curve/probe_r2", "curve/pred_mse_ratio"} and len(learning) == 2 * 2 * 3
+    assert set(learning["metric"]) == {"curve/probe_r2", "curve/kl_dyn"} and len(learning) == 2 * 2 * 3
     assert (out / "dvc_band.json").exists() and (out / "dvc_runs.json").exists()
 
 

@@ -30,16 +30,6 @@ from prelar import metrics as names
 from prelar.evaluate import aggregate, html, plots, runs
 
 PROFILE_TAUS = (0.25, 0.5, 0.75)  # the performance profile's thresholds shown in its table
-# The learning-curve panels (`prelar.evaluate.curves`): metric, title, yardstick (a constant or a metric)
-_C = names.CURVE_PREFIX
-LEARNING_PANELS = [
-    (f"{_C}probe_r2", "probe R² (dashed: untrained encoder)", f"{_C}probe_r2_untrained"),
-    (f"{_C}delta_psnr", "ΔPSNR own vs shuffled latent actions (dB)", 0.0),
-    (f"{_C}pred_mse_ratio", "open-loop MSE / copy-last-frame MSE", 1.0),
-    (f"{_C}kl_action", "action KL (nats)", None),
-    (f"{_C}kl_dyn", "dynamics KL (nats)", None),
-    (f"{_C}consistency_agreement", "consistency: ordering agreement", 0.5),
-]
 _RANK = {m.label: i for i, m in enumerate(methods.METHODS.values())}
 
 
@@ -181,7 +171,7 @@ def _evaluation_sections(
         )
         page.figure(
             "learning_curves",
-            plots.learning_curves(learning, LEARNING_PANELS, "Learning curves on held-out clips"),
+            plots.learning_curves(learning, names.CURVE_PANELS, "Learning curves on held-out clips"),
         )
     page.heading("Pre-training losses")
     if pretrain.empty:

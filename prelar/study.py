@@ -1,0 +1,192 @@
+"""`prelar study`: when do world models beat copying the last frame, and when do latent actions become
+informative? Every run of `study.runs` x `study.seeds` is pre-trained for `study.steps` updates with a
+learning-curve point (`prelar.evaluate.curves`) every `study.curve_every`, into `study.out/<run>/seed<seed>`
+and MLflow experiment `study.experiment`; a run already complete is not trained again (its checkpoint is
+resumed, so an interrupted study continues where it stopped). Then, in `study.docs`:
+
+- `learning_curves.png`: the report's learning-curve panels, one line per run and seed;
+- `curves.csv`: every point (run, seed, step, frames, measurements);
+- `summary.csv` / `summary.md`: per run, over its seeds (mean, and min-max when there are several): the first
+  update (and frames seen) whose open-loop MSE beats copy-last-frame, the first whose probe R² reaches 0.5,
+  and the final measurements beside their yardsticks.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from prelar import config
+from prelar import metrics as names
+
+PROBE_TARGET = 0.5  # "informative": the probe explains half of the true action's variance
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--shards", nargs="+", default=None, help="shard folder(s) (default: data.metaworld.out)"
+    )
+    parser.add_argument("--runs", nargs="+", default=None, help="only these runs of study.runs")
+    parser.add_argument(
+        "--summary-only", action="store_true", help="only redraw the figure and tables from the runs on disk"
+    )
+
+
+def run_params(params: config.Params, name: str, seed: int) -> config.Params:
+    """The parameters of one study run: its variant's and its own `model` values, the study's length and
+    curve spacing, its seed and MLflow experiment."""
+    from prelar.pretrain import variant_updates
+
+    study = params.study
+    spec = study.runs[name]
+    return config.override(
+        params,
+        {
+            **variant_updates(params, spec.variant),
+            **{f"model.{k}": v for k, v in spec.model.items()},
+            "pretrain.steps": study.steps,
+            "pretrain.curve_every": study.curve_every,
+            "seed": seed,
+            "mlflow.experiment": study.experiment,
+        },
+    )
+
+
+def run_folder(params: config.Params, name: str, seed: int) -> Path:
+    return Path(params.study.out) / name / f"seed{seed}"
+
+
+def run(params: config.Params, args: argparse.Namespace) -> int:
+    study = params.study
+    names_ = args.runs or list(study.runs)
+    unknown = sorted(set(names_) - set(study.runs))
+    if unknown:
+        raise config.ConfigError(f"--runs: {unknown} are not runs of study.runs ({sorted(study.runs)})")
+    if not args.summary_only:
+        from prelar.pretrain import pretrain
+
+        shards = args.shards or [params.data.metaworld.out]
+        for seed in study.seeds:  # every run of seed 0 first: a short study still compares all runs
+            for name in names_:
+                print(f"study: {name} seed {seed}", flush=True)
+                pretrain(
+                    run_params(params, name, seed),
+                    shards,
+                    run_folder(params, name, seed),
+                    run_name=f"study/{name}/seed{seed}",
+                    variant=study.runs[name].variant,
+                )
+    points = collect(params, names_)
+    written = write_summary(points, Path(study.docs))
+    print(f"study: {', '.join(str(p) for p in written)}")
+    return 0
+
+
+def collect(params: config.Params, runs: list[str]) -> pd.DataFrame:
+    """Every curve point of the runs on disk: run, seed, step, frames, then the measurements."""
+    from prelar.evaluate import curves
+
+    tables = []
+    for name in runs:
+        for seed in params.study.seeds:
+            path = run_folder(params, name, seed) / curves.CSV
+            if path.exists():
+                tables.append(pd.read_csv(path).assign(run=name, seed=seed))
+    if not tables:
+        raise config.ConfigError(
+            f"no learning curves under {params.study.out}/<run>/seed<seed>/{curves.CSV}: "
+            "run `prelar study` first"
+        )
+    table = pd.concat(tables, ignore_index=True)
+    return table[["run", "seed", *[c for c in table.columns if c not in ("run", "seed")]]]
+
+
+def _first(frame: pd.DataFrame, passed: pd.Series) -> tuple[float, float]:
+    """(update, frames) of the first point where `passed`, or (nan, nan)."""
+    hits = frame[passed.fillna(False).astype(bool)]
+    if hits.empty:
+        return float("nan"), float("nan")
+    return float(hits["step"].iloc[0]), float(hits["frames"].iloc[0])
+
+
+def summarize(points: pd.DataFrame) -> pd.DataFrame:
+    """One row per run and seed: first updates past the yardsticks, final measurements."""
+    rows = []
+    for (name, seed), frame in points.groupby(["run", "seed"], sort=False):
+        frame = frame.sort_values("step")
+        last = frame.iloc[-1]
+        row: dict[str, Any] = {
+            "run": name,
+            "seed": seed,
+            "updates": int(last["step"]),
+            "frames": int(last["frames"]),
+        }
+        if "pred_mse_ratio" in frame:
+            row["beats_copy_last_at"], row["beats_copy_last_frames"] = _first(
+                frame, frame["pred_mse_ratio"] < 1
+            )
+        if "probe_r2" in frame:
+            row["probe_r2_0.5_at"], _ = _first(frame, frame["probe_r2"] >= PROBE_TARGET)
+        for key in (
+            "pred_mse",
+            "pred_copy_last_frame_mse",
+            "pred_mse_ratio",
+            "probe_r2",
+            "probe_r2_untrained",
+            "delta_psnr",
+            "kl_action",
+            "kl_dyn",
+            "consistency_agreement",
+        ):
+            if key in frame:
+                row[key] = float(last[key])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _cell(values: pd.Series) -> str:
+    values = values.dropna()
+    if values.empty:
+        return "never"
+    if len(values) == 1:
+        return f"{values.iloc[0]:.4g}"
+    return f"{values.mean():.4g} [{values.min():.4g}, {values.max():.4g}]"
+
+
+def write_summary(points: pd.DataFrame, docs: Path) -> list[Path]:
+    """The study's figure and tables in `docs`; returns their paths."""
+    from prelar.evaluate import plots
+
+    docs.mkdir(parents=True, exist_ok=True)
+    per_seed = summarize(points)
+    measured = [c for c in points.columns if c not in ("run", "seed", "step", "frames")]
+    long = points.melt(id_vars=["run", "seed", "step"], value_vars=measured, var_name="metric")
+    long = long.dropna(subset=["value"]).rename(columns={"run": "method"})
+    long["metric"] = names.CURVE_PREFIX + long["metric"]
+    figure = plots.learning_curves(
+        long, names.CURVE_PANELS, "Pre-training study: learning curves on held-out clips"
+    )
+    paths = [docs / "learning_curves.png", docs / "curves.csv", docs / "summary.csv", docs / "summary.md"]
+    paths[0].write_bytes(plots.png_bytes(figure))
+    points.to_csv(paths[1], index=False)
+    per_seed.to_csv(paths[2], index=False)
+    columns = [c for c in per_seed.columns if c not in ("run", "seed")]
+    table = per_seed.groupby("run", sort=False)[columns].agg(_cell).reset_index()
+    seeds = per_seed.groupby("run", sort=False)["seed"].agg(lambda s: ",".join(str(v) for v in sorted(s)))
+    table.insert(1, "seeds", seeds.to_numpy())
+    lines = [
+        "| " + " | ".join(table.columns) + " |",
+        "|" + "---|" * len(table.columns),
+        *("| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)),
+    ]
+    paths[3].write_text(
+        "Per run: mean over its seeds [min, max]. `beats_copy_last_at`: the first update whose open-loop MSE "
+        "over the horizon is below copying the last context frame; `probe_r2_0.5_at`: the first update whose "
+        f'probe R² reaches {PROBE_TARGET}; "never": not within the run. Final values at the last update.\n\n'
+        + "\n".join(lines)
+        + "\n"
+    )
+    return paths
