@@ -129,6 +129,7 @@ class Model(_Section):
     kl_free: float = 0.0  # free nats on the dynamics KL (DreamerV2 on Atari: 0)
     beta: float = 1.0  # dynamics KL weight (Eq. 5)
     beta_a: float = 1.0  # action KL weight (Eq. 5)
+    action_kl_free: float = 0.0  # free nats on the action KL (not in the paper: 0 is its objective)
     beta_r: float = 1.0  # action-state consistency weight (Eq. 9)
     action_free: bool = False  # APV's action-free video prediction model (no latent action)
     use_action_kl: bool = True  # PreLAR w/o CL & AL: False (the latent action is then deterministic)
@@ -352,6 +353,7 @@ class Study(_Section):
         "apv": StudyRun(variant="apv"),
         "prelar_beta_a_0.01": StudyRun(variant="prelar", model={"beta_a": 0.01}),
         "prelar_no_cl": StudyRun(variant="prelar_no_cl"),
+        "prelar_free_nats_4": StudyRun(variant="prelar", model={"action_kl_free": 4.0}),
     }
     experiment: str = "prelar-study"  # the MLflow experiment of its runs
     out: str = "runs/study"  # a run's folder: <out>/<run>/seed<seed>

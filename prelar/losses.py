@@ -48,9 +48,12 @@ def dynamics_kl(
     value = categorical_kl(post_logits, prior_logits)  # [..]
     train_prior = categorical_kl(post_logits.detach(), prior_logits).mean()
     train_post = categorical_kl(post_logits, prior_logits.detach()).mean()
-    free_t = torch.tensor(free, device=value.device)
-    loss = balance * torch.maximum(train_prior, free_t) + (1.0 - balance) * torch.maximum(train_post, free_t)
-    return loss, value
+    return balance * free_nats(train_prior, free) + (1.0 - balance) * free_nats(train_post, free), value
+
+
+def free_nats(kl: torch.Tensor, free: float) -> torch.Tensor:
+    """A KL term clipped below at `free` nats (DreamerV2): below it, the term has no gradient."""
+    return torch.clamp(kl, min=free) if free > 0 else kl
 
 
 def gaussian_kl(
@@ -102,6 +105,13 @@ def consistency_loss(
     mask = target != 0
     pair_loss = F.softplus(-target * da / temperature)  # [N, N]
     return (pair_loss * mask).sum() / mask.sum().clamp(min=1)
+
+
+def action_kl_loss(mean: torch.Tensor, std: torch.Tensor, free: float = 0.0) -> torch.Tensor:
+    """The action KL term of Eq. 5 as optimised: `action_kl` averaged over the batch and time steps, clipped
+    below at `free` nats (`model.action_kl_free`; 0, the paper's objective, leaves it unchanged). Free nats
+    on the action KL are not in the paper: they let the latent action carry `free` nats without cost."""
+    return free_nats(action_kl(mean, std).mean(), free)
 
 
 def pretrain_loss(

@@ -248,7 +248,8 @@ def _train(params, shards, out, dist, run_name, callback, variant) -> dict[str, 
     path = out / checkpoint.FILENAME
     if path.exists():
         ckpt = checkpoint.load(path, map_location=dev)
-        if ckpt["model_config"] != model_config:
+        # a parameter added since the checkpoint was written counts with its default
+        if {**config.Model().model_dump(), **ckpt["model_config"]} != model_config:
             raise config.ConfigError(
                 f"{path}: was trained with a different model config; "
                 "use another --out or delete the checkpoint"

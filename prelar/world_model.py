@@ -213,13 +213,15 @@ class WorldModel(OpenLoop):
         image_ll = losses.image_log_likelihood(recon, images)  # [B, T]
         image_nll = -image_ll.mean()
         kl_loss, kl_value = losses.dynamics_kl(post["logits"], prior["logits"], cfg.kl_balance, cfg.kl_free)
-        kl_action = losses.action_kl(mean, std).mean() if mean is not None and cfg.use_action_kl else zero
+        with_kl = mean is not None and cfg.use_action_kl
+        kl_action = losses.action_kl(mean, std).mean() if with_kl else zero  # nats, the measurement
+        kl_action_loss = losses.action_kl_loss(mean, std, cfg.action_kl_free) if with_kl else zero
         outputs = {"post": post, "prior": prior, "embed": embed, "latent_action": action,
                    "latent_action_mean": mean, "latent_action_std": std}
         consistency, agreement = zero, zero
         if mean is not None and cfg.use_consistency:
             consistency, agreement = self.consistency(outputs, generator)
-        total = losses.pretrain_loss(image_nll, kl_loss, kl_action, consistency,
+        total = losses.pretrain_loss(image_nll, kl_loss, kl_action_loss, consistency,
                                      cfg.beta, cfg.beta_a, cfg.beta_r)
 
         with torch.no_grad():

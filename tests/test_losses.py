@@ -106,3 +106,17 @@ def test_pretrain_loss_is_eq9():
     terms = [torch.tensor(v) for v in (10.0, 2.0, 3.0, 0.5)]
     assert losses.pretrain_loss(*terms, beta=1.0, beta_a=0.5, beta_r=2.0).item() == pytest.approx(
         10.0 + 2.0 + 1.5 + 1.0)
+
+
+def test_free_nats_on_the_action_kl_stop_its_gradient_below_the_threshold():
+    mean = torch.full((4, 3, 8), 0.1, requires_grad=True)
+    std = torch.ones(4, 3, 8)
+    kl = losses.action_kl(mean, std).mean()  # 8 * 0.5 * 0.01 = 0.04 nats
+    assert losses.action_kl_loss(mean, std).item() == pytest.approx(kl.item())  # 0: the paper's objective
+    clipped = losses.action_kl_loss(mean, std, free=1.0)
+    assert clipped.item() == 1.0
+    clipped.backward()
+    assert mean.grad.abs().sum() == 0  # below the free nats: no pressure towards the prior
+    mean.grad = None
+    losses.action_kl_loss(mean, std, free=0.01).backward()  # above them: the KL's own gradient
+    assert mean.grad.abs().sum() > 0
