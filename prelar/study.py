@@ -166,9 +166,7 @@ def write_summary(points: pd.DataFrame, docs: Path) -> list[Path]:
     long = points.melt(id_vars=["run", "seed", "step"], value_vars=measured, var_name="metric")
     long = long.dropna(subset=["value"]).rename(columns={"run": "method"})
     long["metric"] = names.CURVE_PREFIX + long["metric"]
-    figure = plots.learning_curves(
-        long, names.CURVE_PANELS, "Pre-training study: learning curves on held-out clips"
-    )
+    figure = plots.histories(long, "Pre-training study: learning curves, held-out clips", names.CURVE_PANELS)
     paths = [docs / "learning_curves.png", docs / "curves.csv", docs / "summary.csv", docs / "summary.md"]
     paths[0].write_bytes(plots.png_bytes(figure))
     points.to_csv(paths[1], index=False)

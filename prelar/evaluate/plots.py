@@ -199,35 +199,15 @@ def points_per_method(table: pd.DataFrame, y: str, ylabel: str, title: str) -> F
     return fig
 
 
-def histories(table: pd.DataFrame, title: str) -> Figure:
-    """One panel per metric (columns step, metric, value, method, seed), one line per run."""
-    metrics = sorted(table["metric"].unique())
-    cols = min(3, len(metrics))
-    rows = -(-len(metrics) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.2 * rows), squeeze=False)
-    colors = _colors(sorted(table["method"].unique()))
-    for ax, metric in zip(axes.flat, metrics, strict=False):
-        part = table[table["metric"] == metric]
-        for (method, seed), frame in part.groupby(["method", "seed"], sort=True):
-            frame = frame.sort_values("step")
-            ax.plot(frame["step"], frame["value"], color=colors[method], lw=1, label=f"{method} s{seed}")
-        ax.set_title(metric, fontsize=10)
-        ax.set_xlabel("update")
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(metrics) :]:
-        ax.set_visible(False)
-    axes.flat[0].legend(fontsize=7)
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
-
-
-def learning_curves(
-    table: pd.DataFrame, panels: list[tuple[str, str, str | float | None]], title: str
+def histories(
+    table: pd.DataFrame, title: str, panels: list[tuple[str, str, str | float | None]] | None = None
 ) -> Figure:
-    """One panel per (metric, label, yardstick) of `panels` (columns step, metric, value, method, seed), one
-    line per run coloured by method. The yardstick is a constant (grey line) or another metric of the table
-    (dashed per run: e.g. the untrained encoder's probe); None: none. Panels without data are left out."""
+    """One panel per (metric, label, yardstick) of `panels` (default: every metric, titled by its name, no
+    yardstick) from the long table (columns step, metric, value, method, seed), one line per run coloured by
+    method. The yardstick is a constant (grey line) or another metric of the table (dashed per run: e.g. the
+    untrained encoder's probe); None: none. Panels without data are left out."""
+    if panels is None:
+        panels = [(metric, metric, None) for metric in sorted(table["metric"].unique())]
     panels = [p for p in panels if (table["metric"] == p[0]).any()]
     cols = min(3, max(len(panels), 1))
     rows = max(-(-len(panels) // cols), 1)

@@ -171,7 +171,7 @@ def _evaluation_sections(
         )
         page.figure(
             "learning_curves",
-            plots.learning_curves(learning, names.CURVE_PANELS, "Learning curves on held-out clips"),
+            plots.histories(learning, "Learning curves on held-out clips", names.CURVE_PANELS),
         )
     page.heading("Pre-training losses")
     if pretrain.empty:
