@@ -61,3 +61,32 @@ def test_each_seed_draws_its_own_split_and_untrained_encoder():
     assert rows[0]["r2"] == rows[1]["r2"]  # seed 0: the untrained encoder is the trainer's initialisation
     assert rows[2]["r2"] != rows[3]["r2"]  # seed 1: another initialisation
     assert rows[0]["r2"] != rows[2]["r2"]  # and another split
+
+
+def _panning_clips(episodes: int, frames: int) -> list:
+    """A camera panning over a colour ramp by its 2-d action each step: the frame difference is the action."""
+    from prelar.data.clip import Clip
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:64, 0:64].astype(np.float32)
+    clips = []
+    for episode in range(episodes):
+        actions = rng.uniform(-1, 1, (frames - 1, 2)).astype(np.float32)
+        pos = np.concatenate([[[0.0, 0.0]], np.cumsum(actions, 0)])  # [T, 2]
+        video = np.stack([np.stack([xx + 40 + 2 * x, yy + 40 + 2 * y, xx * 0 + 9], -1) for x, y in pos])
+        meta = {"source": "pan", "id": f"pan/{episode}", "task": "pan", "episode": episode, "camera": "c"}
+        clips.append(Clip(frames=np.clip(video, 0, 255).astype(np.uint8), actions=actions, meta=meta))
+    return clips
+
+
+def test_pixel_difference_yardstick_reads_visible_motion_and_nothing_from_a_still_video():
+    clips = _panning_clips(episodes=6, frames=12)
+    feats = probe.pixel_difference_features(clips)
+    assert feats[0].shape == (11, 16 * 16 * 3)
+    cfg = config.Evaluate(seeds=[0, 1], precision="fp32")
+    rows = probe.pixel_difference_probe(clips, cfg)
+    assert [(r["method"], r["seed"]) for r in rows] == [(probe.PIXELS, 0), (probe.PIXELS, 1)]
+    assert min(r["r2"] for r in rows) > 0.8  # (uint8 rounding keeps it below 1)
+    still = [c.__class__(frames=np.repeat(c.frames[:1], len(c.frames), 0), actions=c.actions, meta=c.meta)
+             for c in clips]  # the same actions over a still video: nothing to read
+    assert max(r["r2"] for r in probe.pixel_difference_probe(still, cfg)) < 0.05

@@ -31,6 +31,7 @@ from prelar import config, device
 from prelar.data.clip import Clip
 
 UNTRAINED = "untrained"  # the method name of the untrained encoder's rows
+PIXELS = "pixel_difference"  # the method name of the model-free yardstick's rows (`pixel_difference_probe`)
 
 
 def episode_key(clip: Clip) -> str:
@@ -170,26 +171,54 @@ def latent_action_probe(
     splits = {seed: split_episodes(keys, cfg.probe_test_fraction, seed) for seed in cfg.seeds}  # (fit, test)
     actions = [c.actions.astype(np.float32) for c in clips]  # [T-1, 4] each
     features = {m: latent_action_features(model, clips, cfg.precision) for m, model in models.items()}
-    alpha = cfg.probe_alpha if cfg.probe_alpha is not None else cfg.probe_alphas
     rows = []
-    for seed, (fit, test) in splits.items():
-        fit_idx = [i for i, k in enumerate(keys) if k in fit]
-        test_idx = [i for i, k in enumerate(keys) if k in test]
+    for seed, split in splits.items():
         baseline = {}
         if untrained is not None:
             fresh = untrained_like(untrained, seed, dev)
             baseline[UNTRAINED] = latent_action_features(fresh, clips, cfg.precision)
         for method, feats in {**features, **baseline}.items():
-            r2, per_dim = ridge_r2(feats, actions, fit_idx, test_idx, alpha)
-            rows.append(
-                {
-                    "method": method,
-                    "seed": seed,
-                    "r2": r2,
-                    **{f"r2_dim{i}": v for i, v in enumerate(per_dim)},
-                    "fit_episodes": len(fit),
-                    "test_episodes": len(test),
-                    "test_frames": int(sum(len(actions[i]) for i in test_idx)),
-                }
-            )
+            rows.append(_probe_row(method, seed, feats, actions, keys, split, cfg))
     return rows
+
+
+def pixel_difference_features(clips: list[Clip], pool: int = 4) -> list[np.ndarray]:
+    """A model-free feature for the probe: the frame difference o_{t+1} − o_t in [−1, 1], averaged over
+    `pool` x `pool` pixel blocks, float32 [T-1, (64 / pool)² · 3] per clip."""
+    out = []
+    for clip in clips:
+        frames = clip.frames.astype(np.float32) / 255.0  # [T, H, W, 3]
+        diff = frames[1:] - frames[:-1]
+        t, h, w, c = diff.shape
+        out.append(diff.reshape(t, h // pool, pool, w // pool, pool, c).mean((2, 4)).reshape(t, -1))
+    return out
+
+
+def pixel_difference_probe(clips: list[Clip], cfg: config.Evaluate) -> list[dict[str, Any]]:
+    """The probe's yardstick from the data alone: the same ridge probe, clips and splits as
+    `latent_action_probe`, on `pixel_difference_features` (method `PIXELS`), per seed of `cfg.seeds`. How much
+    of the action a linear read-out of the raw one-step motion recovers."""
+    clips = [c for c in clips if c.actions is not None]
+    keys = [episode_key(c) for c in clips]
+    actions = [c.actions.astype(np.float32) for c in clips]
+    feats = pixel_difference_features(clips)
+    splits = {seed: split_episodes(keys, cfg.probe_test_fraction, seed) for seed in cfg.seeds}
+    return [_probe_row(PIXELS, seed, feats, actions, keys, split, cfg) for seed, split in splits.items()]
+
+
+def _probe_row(method, seed, feats, actions, keys, split, cfg: config.Evaluate) -> dict[str, Any]:
+    """One row of the probe: ridge fit on the `split`'s fit episodes, R² on its test episodes."""
+    fit, test = split
+    fit_idx = [i for i, k in enumerate(keys) if k in fit]
+    test_idx = [i for i, k in enumerate(keys) if k in test]
+    alpha = cfg.probe_alpha if cfg.probe_alpha is not None else cfg.probe_alphas
+    r2, per_dim = ridge_r2(feats, actions, fit_idx, test_idx, alpha)
+    return {
+        "method": method,
+        "seed": seed,
+        "r2": r2,
+        **{f"r2_dim{i}": v for i, v in enumerate(per_dim)},
+        "fit_episodes": len(fit),
+        "test_episodes": len(test),
+        "test_frames": int(sum(len(actions[i]) for i in test_idx)),
+    }
