@@ -8,7 +8,8 @@ resumed, so an interrupted study continues where it stopped). Then, in `study.do
 - `curves.csv`: every point (run, seed, step, frames, measurements);
 - `summary.csv` / `summary.md`: per run, over its seeds (mean, and min-max when there are several): the first
   update (and frames seen) whose open-loop MSE beats copy-last-frame, the first whose probe R² reaches 0.5,
-  and the final measurements beside their yardsticks.
+  and the final measurements beside their yardsticks (for the probe, also the same probe on one-step pixel
+  differences: how much of the action a linear read-out of the raw motion recovers).
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from prelar import config
 from prelar import metrics as names
+from prelar.evaluate.probe import pixel_difference_probe, probe_clips
 
 PROBE_TARGET = 0.5  # "informative": the probe explains half of the true action's variance
 
@@ -80,7 +83,9 @@ def run(params: config.Params, args: argparse.Namespace) -> int:
                     variant=study.runs[name].variant,
                 )
     points = collect(params, names_)
-    written = write_summary(points, Path(study.docs))
+    clips, _ = probe_clips(args.shards or [params.data.metaworld.out], params)
+    pixels = float(np.mean([row["r2"] for row in pixel_difference_probe(clips, params.evaluate)]))
+    written = write_summary(points, Path(study.docs), pixels)
     print(f"study: {', '.join(str(p) for p in written)}")
     return 0
 
@@ -156,8 +161,9 @@ def _cell(values: pd.Series) -> str:
     return f"{values.mean():.4g} [{values.min():.4g}, {values.max():.4g}]"
 
 
-def write_summary(points: pd.DataFrame, docs: Path) -> list[Path]:
-    """The study's figure and tables in `docs`; returns their paths."""
+def write_summary(points: pd.DataFrame, docs: Path, pixel_r2: float) -> list[Path]:
+    """The study's figure and tables in `docs`, with the probe's model-free yardstick `pixel_r2` (the probe
+    on one-step pixel differences, same clips and splits); returns their paths."""
     from prelar.evaluate import plots
 
     docs.mkdir(parents=True, exist_ok=True)
@@ -184,6 +190,9 @@ def write_summary(points: pd.DataFrame, docs: Path) -> list[Path]:
         "Per run: mean over its seeds [min, max]. `beats_copy_last_at`: the first update whose open-loop MSE "
         "over the horizon is below copying the last context frame; `probe_r2_0.5_at`: the first update whose "
         f'probe R² reaches {PROBE_TARGET}; "never": not within the run. Final values at the last update.\n\n'
+        "The probe's yardsticks, on the same clips and episode splits: an untrained encoder "
+        "(`probe_r2_untrained`), and the same ridge probe on one-step pixel differences pooled to 16x16 "
+        f"(no model): R² {pixel_r2:.3f}.\n\n"
         + "\n".join(lines)
         + "\n"
     )

@@ -47,6 +47,7 @@ def test_study_trains_each_run_and_seed_then_writes_curves_and_summary(tmp_path,
     assert points.loc[points["run"] == "a", "probe_r2"].notna().all()
     summary = (docs / "summary.md").read_text()
     assert "| a | 0,1 |" in summary and "| b | 0,1 |" in summary
+    assert "pixel differences pooled to 16x16 (no model): R² " in summary
     assert (docs / "learning_curves.png").stat().st_size > 10_000
 
     from prelar.checkpoint import load
@@ -55,7 +56,7 @@ def test_study_trains_each_run_and_seed_then_writes_curves_and_summary(tmp_path,
     assert a0["model_config"]["beta_a"] == 0.1 and a0["step"] == 2
     # a complete study is not trained again: only the summary is rewritten
     before = (tmp_path / "runs/study/a/seed0/checkpoint.pt").stat().st_mtime_ns
-    assert cli.main(["study", "--summary-only", *common]) == 0
+    assert cli.main(["study", "--summary-only", "--shards", "shards", *common]) == 0
     assert (tmp_path / "runs/study/a/seed0/checkpoint.pt").stat().st_mtime_ns == before
 
 
