@@ -41,14 +41,15 @@ RETURN = "eval/return"
 # ---- pre-training (`prelar.pretrain`) ----
 PRETRAIN_PREFIX = "train/"  # + loss term, e.g. train/total (fine-tuning may use the prefix too)
 CURVE_PREFIX = "curve/"  # + a held-out measurement of `prelar.evaluate.curves`, e.g. curve/probe_r2
-# The learning-curve figure (report and `prelar study`): metric, title, yardstick (a constant or a metric)
+# The learning-curve figure (report and `prelar study`): metric, title, yardstick (a constant or a metric),
+# log scale
 CURVE_PANELS = [
-    (f"{CURVE_PREFIX}probe_r2", "probe R² (dashed: untrained encoder)", f"{CURVE_PREFIX}probe_r2_untrained"),
-    (f"{CURVE_PREFIX}delta_psnr", "ΔPSNR own vs shuffled latent actions (dB)", 0.0),
-    (f"{CURVE_PREFIX}pred_mse_ratio", "open-loop MSE / copy-last-frame MSE", 1.0),
-    (f"{CURVE_PREFIX}kl_action", "action KL (nats)", None),
-    (f"{CURVE_PREFIX}kl_dyn", "dynamics KL (nats)", None),
-    (f"{CURVE_PREFIX}consistency_agreement", "consistency: ordering agreement", 0.5),
+    (f"{CURVE_PREFIX}probe_r2", "probe R² (dashed: untrained)", f"{CURVE_PREFIX}probe_r2_untrained", False),
+    (f"{CURVE_PREFIX}delta_psnr", "ΔPSNR own vs shuffled latent actions (dB)", 0.0, False),
+    (f"{CURVE_PREFIX}pred_mse_ratio", "open-loop MSE / copy-last-frame MSE", 1.0, True),
+    (f"{CURVE_PREFIX}kl_action", "action KL (nats)", None, False),
+    (f"{CURVE_PREFIX}kl_dyn", "dynamics KL (nats)", None, False),
+    (f"{CURVE_PREFIX}consistency_agreement", "consistency: ordering agreement", 0.5, False),
 ]
 
 # ---- evaluation stages (`prelar.evaluate.stages`) ----

@@ -129,11 +129,11 @@ def summarize(points: pd.DataFrame) -> pd.DataFrame:
             "updates": int(last["step"]),
             "frames": int(last["frames"]),
         }
-        if "pred_mse_ratio" in frame:
+        if "pred_mse_ratio" in frame and frame["pred_mse_ratio"].notna().any():
             row["beats_copy_last_at"], row["beats_copy_last_frames"] = _first(
                 frame, frame["pred_mse_ratio"] < 1
             )
-        if "probe_r2" in frame:
+        if "probe_r2" in frame and frame["probe_r2"].notna().any():  # (not for APV: no latent actions)
             row["probe_r2_0.5_at"], _ = _first(frame, frame["probe_r2"] >= PROBE_TARGET)
         for key in (
             "pred_mse",
@@ -153,12 +153,18 @@ def summarize(points: pd.DataFrame) -> pd.DataFrame:
 
 
 def _cell(values: pd.Series) -> str:
+    """Mean [min, max] over seeds; "never" for a first-update column without one, "—" for a measurement the
+    run does not have (APV's probe)."""
     values = values.dropna()
     if values.empty:
-        return "never"
+        return "never" if str(values.name).endswith(("_at", "_frames")) else "—"
+
+    def fmt(v: float) -> str:
+        return f"{v:,.0f}" if float(v).is_integer() and abs(v) >= 1 else f"{v:.3g}"
+
     if len(values) == 1:
-        return f"{values.iloc[0]:.4g}"
-    return f"{values.mean():.4g} [{values.min():.4g}, {values.max():.4g}]"
+        return fmt(values.iloc[0])
+    return f"{fmt(values.mean())} [{fmt(values.min())}, {fmt(values.max())}]"
 
 
 def write_summary(points: pd.DataFrame, docs: Path, pixel_r2: float) -> list[Path]:

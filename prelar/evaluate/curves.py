@@ -88,8 +88,15 @@ class Monitor:
                 frames = torch.from_numpy(self.windows).permute(0, 1, 4, 2, 3).to(_device(model))
                 generator = torch.Generator(device=frames.device).manual_seed(self.params.seed)
                 _, terms, _ = model.loss(frames, generator)
-            for name in ("kl_action", "kl_dyn", "consistency_agreement"):
-                result[name] = terms[name].item()
+            cfg = model.cfg
+            latent = not cfg.action_free
+            for name, used in (
+                ("kl_dyn", True),
+                ("kl_action", latent and cfg.use_action_kl),
+                ("consistency_agreement", latent and cfg.use_consistency),
+            ):
+                if used:  # (a term the variant does not have is left out, not logged as 0)
+                    result[name] = terms[name].item()
         if self.probe_clips:
             ev, dev = self.params.evaluate, _device(model)
             with evaluating(model):

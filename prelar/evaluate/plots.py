@@ -200,20 +200,20 @@ def points_per_method(table: pd.DataFrame, y: str, ylabel: str, title: str) -> F
 
 
 def histories(
-    table: pd.DataFrame, title: str, panels: list[tuple[str, str, str | float | None]] | None = None
+    table: pd.DataFrame, title: str, panels: list[tuple[str, str, str | float | None, bool]] | None = None
 ) -> Figure:
-    """One panel per (metric, label, yardstick) of `panels` (default: every metric, titled by its name, no
-    yardstick) from the long table (columns step, metric, value, method, seed), one line per run coloured by
-    method. The yardstick is a constant (grey line) or another metric of the table (dashed per run: e.g. the
-    untrained encoder's probe); None: none. Panels without data are left out."""
+    """One panel per (metric, label, yardstick, log scale) of `panels` (default: every metric, titled by its
+    name, no yardstick, linear) from the long table (columns step, metric, value, method, seed), one line per
+    run coloured by method. The yardstick is a constant (grey line) or another metric of the table (dashed per
+    run: e.g. the untrained encoder's probe); None: none. Panels without data are left out."""
     if panels is None:
-        panels = [(metric, metric, None) for metric in sorted(table["metric"].unique())]
+        panels = [(metric, metric, None, False) for metric in sorted(table["metric"].unique())]
     panels = [p for p in panels if (table["metric"] == p[0]).any()]
     cols = min(3, max(len(panels), 1))
     rows = max(-(-len(panels) // cols), 1)
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.2 * rows), squeeze=False)
     colors = _colors(sorted(table["method"].unique()))
-    for ax, (metric, label, yardstick) in zip(axes.flat, panels, strict=False):
+    for ax, (metric, label, yardstick, log) in zip(axes.flat, panels, strict=False):
         for (method, seed), run in table.groupby(["method", "seed"], sort=True):
             line = run[run["metric"] == metric].sort_values("step")
             ax.plot(line["step"], line["value"], color=colors[method], lw=1.2, marker="o", ms=2,
@@ -223,6 +223,8 @@ def histories(
                 ax.plot(ref["step"], ref["value"], "--", color=colors[method], lw=0.8)
         if isinstance(yardstick, int | float):
             ax.axhline(yardstick, color="grey", lw=0.9, ls="--")
+        if log:
+            ax.set_yscale("log")
         ax.set_title(label, fontsize=10)
         ax.set_xlabel("update")
         ax.grid(alpha=0.3)
