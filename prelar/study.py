@@ -110,10 +110,10 @@ def collect(params: config.Params, runs: list[str]) -> pd.DataFrame:
 
 
 def _first(frame: pd.DataFrame, passed: pd.Series) -> tuple[float, float]:
-    """(update, frames) of the first point where `passed`, or (nan, nan)."""
+    """(update, frames) of the first point where `passed`, or (inf, inf): not within the run."""
     hits = frame[passed.fillna(False).astype(bool)]
     if hits.empty:
-        return float("nan"), float("nan")
+        return float("inf"), float("inf")
     return float(hits["step"].iloc[0]), float(hits["frames"].iloc[0])
 
 
@@ -153,11 +153,13 @@ def summarize(points: pd.DataFrame) -> pd.DataFrame:
 
 
 def _cell(values: pd.Series) -> str:
-    """Mean [min, max] over seeds; "never" for a first-update column without one, "—" for a measurement the
-    run does not have (APV's probe)."""
+    """Mean [min, max] over seeds; "never" when a first update is not within the run (inf) in any seed, "—"
+    for a measurement the run does not have (APV's probe)."""
     values = values.dropna()
     if values.empty:
-        return "never" if str(values.name).endswith(("_at", "_frames")) else "—"
+        return "—"
+    if np.isinf(values).any():
+        return "never"
 
     def fmt(v: float) -> str:
         return f"{v:,.0f}" if float(v).is_integer() and abs(v) >= 1 else f"{v:.3g}"
