@@ -23,7 +23,7 @@ def test_summary_finds_the_first_update_past_each_yardstick():
     rows = study.summarize(points).set_index("run")
     assert rows.loc["a", "beats_copy_last_at"] == 100 and rows.loc["a", "beats_copy_last_frames"] == 1000
     assert rows.loc["a", "probe_r2_0.5_at"] == 200 and rows.loc["a", "probe_r2"] == 0.6
-    assert np.isinf(rows.loc["b", "beats_copy_last_at"]) and np.isinf(rows.loc["b", "probe_r2_0.5_at"])  # never
+    assert np.isinf(rows.loc["b", "beats_copy_last_at"]) and np.isinf(rows.loc["b", "probe_r2_0.5_at"])
     no_probe = study.summarize(points.assign(probe_r2=np.nan)).set_index("run")  # APV: no latent actions
     assert "probe_r2_0.5_at" not in no_probe or no_probe["probe_r2_0.5_at"].isna().all()
 
