@@ -168,17 +168,23 @@ class Pretrain(_Section):
     @classmethod
     def _registered_variants(cls, variants: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         for name, values in variants.items():
-            defined = registry.variant(name).model
-            unknown = sorted(set(values) - set(Model.model_fields))
-            if unknown:
-                raise ValueError(f"'{name}': {unknown} are not `model` parameters")
-            clash = {k: v for k, v in values.items() if k in defined and defined[k] != v}
-            if clash:
-                raise ValueError(
-                    f"'{name}' sets {clash}, but prelar/methods.py defines it by {dict(defined)}; "
-                    "register a new variant there instead"
-                )
+            check_variant_values(name, values)
         return variants
+
+
+def check_variant_values(variant: str, values: Mapping[str, Any]) -> None:
+    """`model` values to apply on top of a registered pre-training variant: ValueError unless every key is a
+    `model` parameter and none contradicts what prelar/methods.py defines the variant by."""
+    defined = registry.variant(variant).model
+    unknown = sorted(set(values) - set(Model.model_fields))
+    if unknown:
+        raise ValueError(f"'{variant}': {unknown} are not `model` parameters")
+    clash = {k: v for k, v in values.items() if k in defined and defined[k] != v}
+    if clash:
+        raise ValueError(
+            f"'{variant}' sets {clash}, but prelar/methods.py defines it by {dict(defined)}, which {clash} "
+            "would contradict; register a new variant there instead"
+        )
 
 
 class Bonus(_Section):
@@ -329,13 +335,7 @@ class StudyRun(_Section):
 
     @model_validator(mode="after")
     def _registered(self) -> StudyRun:
-        defined = registry.variant(self.variant).model
-        unknown = sorted(set(self.model) - set(Model.model_fields))
-        if unknown:
-            raise ValueError(f"{unknown} are not `model` parameters")
-        clash = {k: v for k, v in self.model.items() if k in defined and defined[k] != v}
-        if clash:
-            raise ValueError(f"variant '{self.variant}' sets {dict(defined)}; {clash} contradict it")
+        check_variant_values(self.variant, self.model)
         return self
 
 

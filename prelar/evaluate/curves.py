@@ -40,7 +40,7 @@ class Monitor:
     def __init__(self, params: config.Params, shards, model_cfg: config.Model, dev: torch.device):
         from prelar.data.shards import iter_clips
 
-        self.params, self.model_cfg = params, model_cfg
+        self.params = params
         ev, cfg = params.evaluate, params.pretrain
         self.skipped: dict[str, str] = {}
         held_out = []

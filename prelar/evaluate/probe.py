@@ -166,10 +166,7 @@ def latent_action_probe(
     Clips without actions are ignored. Returns one row per (method, seed): method, seed, r2, r2_dim{i},
     fit_episodes, test_episodes, test_frames. Raises ValueError when the clips hold fewer than 2 episodes.
     """
-    clips = [c for c in clips if c.actions is not None]
-    keys = [episode_key(c) for c in clips]
-    splits = {seed: split_episodes(keys, cfg.probe_test_fraction, seed) for seed in cfg.seeds}  # (fit, test)
-    actions = [c.actions.astype(np.float32) for c in clips]  # [T-1, 4] each
+    clips, keys, actions, splits = _probe_data(clips, cfg)
     features = {m: latent_action_features(model, clips, cfg.precision) for m, model in models.items()}
     rows = []
     for seed, split in splits.items():
@@ -198,12 +195,19 @@ def pixel_difference_probe(clips: list[Clip], cfg: config.Evaluate) -> list[dict
     """The probe's yardstick from the data alone: the same ridge probe, clips and splits as
     `latent_action_probe`, on `pixel_difference_features` (method `PIXELS`), per seed of `cfg.seeds`. How much
     of the action a linear read-out of the raw one-step motion recovers."""
+    clips, keys, actions, splits = _probe_data(clips, cfg)
+    feats = pixel_difference_features(clips)
+    return [_probe_row(PIXELS, seed, feats, actions, keys, split, cfg) for seed, split in splits.items()]
+
+
+def _probe_data(clips: list[Clip], cfg: config.Evaluate):
+    """The probe's clips (those with actions), their episode keys, actions [T-1, 4] and, per seed of
+    `cfg.seeds`, the (fit, test) episode split."""
     clips = [c for c in clips if c.actions is not None]
     keys = [episode_key(c) for c in clips]
     actions = [c.actions.astype(np.float32) for c in clips]
-    feats = pixel_difference_features(clips)
     splits = {seed: split_episodes(keys, cfg.probe_test_fraction, seed) for seed in cfg.seeds}
-    return [_probe_row(PIXELS, seed, feats, actions, keys, split, cfg) for seed, split in splits.items()]
+    return clips, keys, actions, splits
 
 
 def _probe_row(method, seed, feats, actions, keys, split, cfg: config.Evaluate) -> dict[str, Any]:
