@@ -95,6 +95,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             p.add_argument(f"--{name}", default=None, help=f"{help_text} (data.{source}.{name})")
         p.add_argument("--out", default=None, help=f"output shard folder (data.{source}.out)")
         p.add_argument("--metrics", default=None, help="also write the summary metrics JSON here (for DVC)")
+        if source == "metaworld":
+            p.add_argument(
+                "--study",
+                action="store_true",
+                help="the pre-training study's shards: data.metaworld with the values of study.data",
+            )
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text)
         p.set_defaults(_module=module)

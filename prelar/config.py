@@ -58,6 +58,7 @@ class MetaworldSource(_Section):
     exclude: list[str] = list(DOWNSTREAM_TASKS)
     episodes_per_task: int = 2
     max_steps: int = 100  # frames per episode = max_steps + 1
+    action_repeat: PositiveInt = 1  # simulator steps per frame (the expert's action is held for them)
     cameras: list[str] = ["corner"]
     action_noise: float = 0.1  # std of Gaussian noise added to the expert's action (then clipped to [-1, 1])
     seed: int = 0
@@ -130,6 +131,7 @@ class Model(_Section):
     beta: float = 1.0  # dynamics KL weight (Eq. 5)
     beta_a: float = 1.0  # action KL weight (Eq. 5)
     action_kl_free: float = 0.0  # free nats on the action KL (not in the paper: 0 is its objective)
+    beta_a_warmup: NonNegativeInt = 0  # updates over which β_a rises linearly from 0 (not in the paper: 0)
     beta_r: float = 1.0  # action-state consistency weight (Eq. 9)
     action_free: bool = False  # APV's action-free video prediction model (no latent action)
     use_action_kl: bool = True  # PreLAR w/o CL & AL: False (the latent action is then deterministic)
@@ -341,23 +343,43 @@ class StudyRun(_Section):
 
 class Study(_Section):
     """The pre-training study (`prelar study`, pipelines/study/dvc.yaml): learning curves of each run of
-    `runs` x `seeds`, `steps` updates each, a curve point every `curve_every`; figures, tables in `docs`."""
+    `runs` x `seeds`, `steps` updates each, a curve point every `curve_every`; figures, tables in `docs`.
+    It trains on its own shards: `data.metaworld` with the values of `data` (rendered by
+    `prelar ingest metaworld --study`)."""
 
-    steps: PositiveInt = 1200
+    data: dict[str, Any] = {
+        "action_repeat": 4,
+        "episodes_per_task": 4,
+        "max_steps": 50,
+        "out": "datasets/shards/study",
+    }
+    steps: PositiveInt = 1000
     curve_every: PositiveInt = 100
     seeds: list[int] = [0, 1, 2]
     runs: dict[str, StudyRun] = {
         "prelar": StudyRun(variant="prelar"),
-        "prelar_beta_a_0.1": StudyRun(variant="prelar", model={"beta_a": 0.1}),
         "prelar_no_cl_al": StudyRun(variant="prelar_no_cl_al"),
         "apv": StudyRun(variant="apv"),
-        "prelar_beta_a_0.01": StudyRun(variant="prelar", model={"beta_a": 0.01}),
         "prelar_no_cl": StudyRun(variant="prelar_no_cl"),
-        "prelar_free_nats_4": StudyRun(variant="prelar", model={"action_kl_free": 4.0}),
+        "prelar_beta_a_warmup_500": StudyRun(variant="prelar", model={"beta_a_warmup": 500}),
     }
     experiment: str = "prelar-study"  # the MLflow experiment of its runs
     out: str = "runs/study"  # a run's folder: <out>/<run>/seed<seed>
     docs: str = "docs/study"  # learning_curves.png, summary.csv, summary.md
+
+    @field_validator("data")
+    @classmethod
+    def _metaworld_values(cls, data: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(data) - set(MetaworldSource.model_fields))
+        if unknown:
+            known = sorted(MetaworldSource.model_fields)
+            raise ValueError(f"{unknown} are not data.metaworld parameters ({known})")
+        MetaworldSource.model_validate(data)  # the values' types
+        return data
+
+    def source(self, base: MetaworldSource) -> MetaworldSource:
+        """The study's Meta-world source: `base` (data.metaworld) with the values of `data`."""
+        return MetaworldSource.model_validate({**base.model_dump(), **self.data})
 
 
 class MLflowCfg(_Section):

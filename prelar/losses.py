@@ -114,13 +114,20 @@ def action_kl_loss(mean: torch.Tensor, std: torch.Tensor, free: float = 0.0) -> 
     return free_nats(action_kl(mean, std).mean(), free)
 
 
+def warmup_weight(weight: float, step: int, warmup: int) -> float:
+    """A loss weight annealed in linearly: `weight` · min(1, step / warmup), the weight of update `step + 1`
+    (KL annealing, Bowman et al. 2016; `model.beta_a_warmup` on the action KL, not in the paper). warmup 0:
+    `weight` from the first update (the paper's objective)."""
+    return weight if warmup <= 0 else weight * min(1.0, step / warmup)
+
+
 def pretrain_loss(
     image_nll: torch.Tensor,
     kl_dyn: torch.Tensor,
     kl_action: torch.Tensor,
     consistency: torch.Tensor,
     beta: float,
-    beta_a: float,
+    beta_a: float | torch.Tensor,
     beta_r: float,
 ) -> torch.Tensor:
     """Eq. 9: L^pre-train = L^like + β_r·L^r, with L^like (Eq. 5) = image NLL + β·KL_dyn + β_a·KL_action."""

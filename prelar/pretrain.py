@@ -33,7 +33,7 @@ import torch.distributed as torch_dist
 from torch import nn
 from tqdm import tqdm
 
-from prelar import checkpoint, config, device, methods, seeding, tracking
+from prelar import checkpoint, config, device, losses, methods, seeding, tracking
 from prelar import metrics as names
 
 
@@ -117,8 +117,8 @@ class _Objective(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, frames: torch.Tensor, generator: torch.Generator):
-        return self.model.loss(frames, generator=generator)
+    def forward(self, frames: torch.Tensor, generator: torch.Generator, beta_a: torch.Tensor | None = None):
+        return self.model.loss(frames, generator=generator, beta_a=beta_a)
 
 
 def _gather_rng(dist: device.Dist) -> list[dict[str, Any]]:
@@ -210,15 +210,17 @@ def train_step(
     cfg: config.Pretrain,
     dist: device.Dist,
     component_norms: bool = False,
+    beta_a: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """One update: loss (autocast per `cfg.precision`), backward, clip, Adam step.
 
-    frames uint8 [B,T,3,64,64] on the device. Returns {loss, metrics, grad_norm (before clipping), norms (per
+    frames uint8 [B,T,3,64,64] on the device; beta_a: the action KL's weight this update (0-d tensor; None:
+    `model.beta_a`). Returns {loss, metrics, grad_norm (before clipping), norms (per
     component, if asked)}. Raises NonFiniteLossError, before the update, if any rank's loss or gradient norm
     is not finite.
     """
     with device.autocast(dist.device, cfg.precision):
-        loss, metrics, _ = objective(frames, generator)
+        loss, metrics, _ = objective(frames, generator, beta_a)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     norms = _grad_norms(model) if component_norms else {}
@@ -304,8 +306,14 @@ def _train(params, shards, out, dist, run_name, callback, variant) -> dict[str, 
             frames = next(stream).to(dev, non_blocking=True)  # uint8 [B,T,3,64,64]
             generator = torch.Generator(device=dev).manual_seed(seeding.mix(params.seed, dist.rank, step))
             log_now = (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps
+            beta_a = None
+            if params.model.beta_a_warmup > 0:
+                weight = losses.warmup_weight(params.model.beta_a, step, params.model.beta_a_warmup)
+                beta_a = torch.tensor(weight, device=dev)
             try:
-                update = train_step(model, objective, optimizer, frames, generator, cfg, dist, log_now)
+                update = train_step(
+                    model, objective, optimizer, frames, generator, cfg, dist, log_now, beta_a=beta_a
+                )
             except NonFiniteLossError as err:
                 good = checkpoint.load(path)["step"] if path.exists() else "none"
                 raise NonFiniteLossError(

@@ -1,12 +1,13 @@
 """`prelar study`: when do world models beat copying the last frame, and when do latent actions become
 informative? Every run of `study.runs` x `study.seeds` is pre-trained for `study.steps` updates with a
-learning-curve point (`prelar.evaluate.curves`) every `study.curve_every`, into `study.out/<run>/seed<seed>`
-and MLflow experiment `study.experiment`; a run already complete is not trained again (its checkpoint is
-resumed, so an interrupted study continues where it stopped). Then, in `study.docs`:
+learning-curve point (`prelar.evaluate.curves`) every `study.curve_every`, on the study's own shards
+(`data.metaworld` with the values of `study.data`, rendered by `prelar ingest metaworld --study`), into
+`study.out/<run>/seed<seed>` and MLflow experiment `study.experiment`; a run already complete is not trained
+again (its checkpoint is resumed, so an interrupted study continues where it stopped). Then, in `study.docs`:
 
 - `learning_curves.png`: the report's learning-curve panels, one line per run and seed;
 - `curves.csv`: every point (run, seed, step, frames, measurements);
-- `summary.csv` / `summary.md`: per run, over its seeds (mean, and min-max when there are several): the first
+- `summary.csv` / `summary.md`: per run, over its seeds (mean, and its 95% interval over seeds): the first
   update (and frames seen) whose open-loop MSE beats copy-last-frame, the first whose probe R² reaches 0.5,
   and the final measurements beside their yardsticks (for the probe, also the same probe on one-step pixel
   differences: how much of the action a linear read-out of the raw motion recovers).
@@ -15,22 +16,27 @@ resumed, so an interrupted study continues where it stopped). Then, in `study.do
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from prelar import config
 from prelar import metrics as names
 from prelar.evaluate.probe import pixel_difference_probe, probe_clips
 
 PROBE_TARGET = 0.5  # "informative": the probe explains half of the true action's variance
+CONFIDENCE = 0.95  # of the intervals over seeds
+REFERENCE = "prelar"  # the run every other run is compared with, seed by seed
+COMPARED = ("pred_mse_ratio", "delta_psnr", "probe_r2", "kl_action")  # final measurements compared
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--shards", nargs="+", default=None, help="shard folder(s) (default: data.metaworld.out)"
+        "--shards", nargs="+", default=None, help="shard folder(s) (default: the study's, study.data.out)"
     )
     parser.add_argument("--runs", nargs="+", default=None, help="only these runs of study.runs")
     parser.add_argument(
@@ -62,6 +68,20 @@ def run_folder(params: config.Params, name: str, seed: int) -> Path:
     return Path(params.study.out) / name / f"seed{seed}"
 
 
+def study_shards(params: config.Params, args: argparse.Namespace) -> list[str]:
+    """The shard folders the study trains and probes on: `--shards`, else the study's own (which must have
+    been rendered: a ConfigError naming the command that renders them)."""
+    if args.shards:
+        return args.shards
+    out = params.study.source(params.data.metaworld).out
+    if not (Path(out) / "manifest.parquet").exists():
+        raise config.ConfigError(
+            f"{out}: the study's shards are missing; render them with `prelar ingest metaworld --study` "
+            "(or `dvc repro pipelines/study/dvc.yaml`), or pass --shards"
+        )
+    return [out]
+
+
 def run(params: config.Params, args: argparse.Namespace) -> int:
     study = params.study
     names_ = args.runs or list(study.runs)
@@ -71,7 +91,7 @@ def run(params: config.Params, args: argparse.Namespace) -> int:
     if not args.summary_only:
         from prelar.pretrain import pretrain
 
-        shards = args.shards or [params.data.metaworld.out]
+        shards = study_shards(params, args)
         for seed in study.seeds:  # every run of seed 0 first: a short study still compares all runs
             for name in names_:
                 print(f"study: {name} seed {seed}", flush=True)
@@ -83,7 +103,7 @@ def run(params: config.Params, args: argparse.Namespace) -> int:
                     variant=study.runs[name].variant,
                 )
     points = collect(params, names_)
-    clips, _ = probe_clips(args.shards or [params.data.metaworld.out], params)
+    clips, _ = probe_clips(study_shards(params, args), params)
     pixels = float(np.mean([row["r2"] for row in pixel_difference_probe(clips, params.evaluate)]))
     written = write_summary(points, Path(study.docs), pixels)
     print(f"study: {', '.join(str(p) for p in written)}")
@@ -152,21 +172,79 @@ def summarize(points: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def interval(values: pd.Series) -> tuple[float, float, float]:
+    """(mean, low, high) over seeds: with 3+ seeds the 95% Student-t interval of the mean, with 2 their
+    [min, max], with 1 the value itself."""
+    mean = float(values.mean())
+    if len(values) == 1:
+        return mean, mean, mean
+    if len(values) == 2:
+        return mean, float(values.min()), float(values.max())
+    half = stats.t.ppf(0.5 + CONFIDENCE / 2, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
+    return mean, mean - half, mean + half
+
+
+def _fmt(v: float) -> str:
+    return f"{v:,.0f}" if float(v).is_integer() and abs(v) >= 1 else f"{v:.3g}"
+
+
 def _cell(values: pd.Series) -> str:
-    """Mean [min, max] over seeds; "never" when a first update is not within the run (inf) in any seed, "—"
-    for a measurement the run does not have (APV's probe)."""
+    """Over seeds: the mean [its `interval`]; for a first update, "never" when no seed got there and "k/n
+    seeds: mean" when only k did; "—" for a measurement the run does not have (APV's probe)."""
     values = values.dropna()
     if values.empty:
         return "—"
-    if np.isinf(values).any():
+    reached = values[~np.isinf(values)]
+    if reached.empty:
         return "never"
+    if len(reached) < len(values):
+        return f"{len(reached)}/{len(values)} seeds: {_fmt(reached.mean())}"
+    return _estimate(*interval(values), len(values))
 
-    def fmt(v: float) -> str:
-        return f"{v:,.0f}" if float(v).is_integer() and abs(v) >= 1 else f"{v:.3g}"
 
-    if len(values) == 1:
-        return fmt(values.iloc[0])
-    return f"{fmt(values.mean())} [{fmt(values.min())}, {fmt(values.max())}]"
+def _estimate(mean: float, low: float, high: float, seeds: int) -> str:
+    return _fmt(mean) if seeds == 1 else f"{_fmt(mean)} [{_fmt(low)}, {_fmt(high)}]"
+
+
+def _json_value(values: pd.Series) -> dict[str, float] | None:
+    """A measurement over seeds for the metrics JSON: mean, low, high (and, for a first update, how many
+    seeds reached it: their mean, or null when none did)."""
+    values = values.dropna()
+    if values.empty:
+        return None
+    reached = values[~np.isinf(values)]
+    if len(reached) < len(values):
+        mean = float(reached.mean()) if len(reached) else None
+        return {"reached": len(reached), "seeds": len(values), "mean": mean}
+    mean, low, high = interval(values)
+    return {"mean": mean, "low": low, "high": high}
+
+
+def differences(per_seed: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """Each run minus `reference`, paired by seed (same seed: same initialisation and batches), on the final
+    COMPARED measurements: rows run, measurement, seeds, mean, low, high (`interval` of the differences)."""
+    rows = []
+    base = per_seed[per_seed["run"] == reference].set_index("seed")
+    for name, frame in per_seed[per_seed["run"] != reference].groupby("run", sort=False):
+        frame = frame.set_index("seed")
+        common = frame.index.intersection(base.index)
+        for key in COMPARED:
+            if key not in frame or key not in base or common.empty:
+                continue
+            diff = (frame.loc[common, key] - base.loc[common, key]).dropna()
+            if not diff.empty:
+                mean, low, high = interval(diff)
+                rows.append({"run": name, "measurement": key, "seeds": len(diff), "mean": mean, "low": low,
+                             "high": high})
+    return pd.DataFrame(rows, columns=["run", "measurement", "seeds", "mean", "low", "high"])
+
+
+def _markdown(table: pd.DataFrame) -> str:
+    return "\n".join([
+        "| " + " | ".join(str(c) for c in table.columns) + " |",
+        "|" + "---|" * len(table.columns),
+        *("| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)),
+    ])
 
 
 def write_summary(points: pd.DataFrame, docs: Path, pixel_r2: float) -> list[Path]:
@@ -181,27 +259,47 @@ def write_summary(points: pd.DataFrame, docs: Path, pixel_r2: float) -> list[Pat
     long = long.dropna(subset=["value"]).rename(columns={"run": "method"})
     long["metric"] = names.CURVE_PREFIX + long["metric"]
     figure = plots.histories(long, "Pre-training study: learning curves, held-out clips", names.CURVE_PANELS)
-    paths = [docs / "learning_curves.png", docs / "curves.csv", docs / "summary.csv", docs / "summary.md"]
+    paths = [docs / name for name in ("learning_curves.png", "curves.csv", "summary.csv", "summary.md")]
+    paths.append(docs / "summary.json")
     paths[0].write_bytes(plots.png_bytes(figure))
     points.to_csv(paths[1], index=False)
     per_seed.to_csv(paths[2], index=False)
     columns = [c for c in per_seed.columns if c not in ("run", "seed")]
-    table = per_seed.groupby("run", sort=False)[columns].agg(_cell).reset_index()
-    seeds = per_seed.groupby("run", sort=False)["seed"].agg(lambda s: ",".join(str(v) for v in sorted(s)))
+    grouped = per_seed.groupby("run", sort=False)
+    table = grouped[columns].agg(_cell).reset_index()
+    seeds = grouped["seed"].agg(lambda s: ",".join(str(v) for v in sorted(s)))
     table.insert(1, "seeds", seeds.to_numpy())
-    lines = [
-        "| " + " | ".join(table.columns) + " |",
-        "|" + "---|" * len(table.columns),
-        *("| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)),
-    ]
+    compared = differences(per_seed, REFERENCE)
+    cells = [_estimate(row.mean, row.low, row.high, row.seeds) for row in compared.itertuples()]
+    versus = compared.assign(difference=cells).pivot(index="run", columns="measurement", values="difference")
+    versus = versus.reindex(columns=[c for c in COMPARED if c in versus]).fillna("—")
     paths[3].write_text(
-        "Per run: mean over its seeds [min, max]. `beats_copy_last_at`: the first update whose open-loop MSE "
-        "over the horizon is below copying the last context frame; `probe_r2_0.5_at`: the first update whose "
-        f'probe R² reaches {PROBE_TARGET}; "never": not within the run. Final values at the last update.\n\n'
+        "Per run: mean over its seeds [95% Student-t interval over seeds; with 2 seeds, min and max]; for a "
+        'first update, "k/n seeds" when only k of n seeds got there. `beats_copy_last_at`: the first update '
+        "whose open-loop MSE over the horizon is below copying the last context frame; `probe_r2_0.5_at`: "
+        f'the first update whose probe R² reaches {PROBE_TARGET}; "never": not within the run. Final values '
+        "at the last update.\n\n"
         "The probe's yardsticks, on the same clips and episode splits: an untrained encoder "
         "(`probe_r2_untrained`), and the same ridge probe on one-step pixel differences pooled to 16x16 "
         f"(no model): R² {pixel_r2:.3f}.\n\n"
-        + "\n".join(lines)
+        + _markdown(table)
+        + f"\n\nEach run minus `{REFERENCE}`, seed by seed (the same seed: the same initialisation and "
+        "batches), at the last update: mean difference [95% Student-t interval; with 2 seeds, min and "
+        "max].\n\n"
+        + _markdown(versus.reset_index())
         + "\n"
     )
+    summary = {
+        "runs": {
+            name: {"seeds": len(frame), **{c: _json_value(frame[c]) for c in columns if c in frame}}
+            for name, frame in grouped
+        },
+        f"minus_{REFERENCE}": {
+            name: {row.measurement: {"seeds": row.seeds, "mean": row.mean, "low": row.low, "high": row.high}
+                   for row in frame.itertuples()}
+            for name, frame in compared.groupby("run", sort=False)
+        },
+        "probe_pixel_difference_r2": pixel_r2,
+    }
+    paths[4].write_text(json.dumps(summary, indent=2, default=float) + "\n")
     return paths

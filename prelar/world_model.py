@@ -181,12 +181,16 @@ class WorldModel(OpenLoop):
     # --- pre-training objective -----------------------------------------------------------------------
 
     def loss(
-        self, frames: torch.Tensor, generator: torch.Generator | None = None
+        self,
+        frames: torch.Tensor,
+        generator: torch.Generator | None = None,
+        beta_a: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor | State]]:
         """Eq. 9 on a batch of video segments.
 
         frames uint8 [B, T, 3, 64, 64] (T ≥ 2); `generator` (on the model's device) makes the latent-action
-        samples, the state samples and the consistency pairing reproducible.
+        samples, the state samples and the consistency pairing reproducible; `beta_a` (a 0-d tensor) weighs
+        the action KL in place of `model.beta_a` (its warm-up, `losses.warmup_weight`).
         Returns (loss, metrics: detached float scalars, outputs: post, prior, embed, latent_action (the RSSM's
         action input [B, T, A]), latent_action_mean/std [B, T−1, A] (None if action-free); the outputs still
         carry the graph).
@@ -222,7 +226,7 @@ class WorldModel(OpenLoop):
         if mean is not None and cfg.use_consistency:
             consistency, agreement = self.consistency(outputs, generator)
         total = losses.pretrain_loss(image_nll, kl_loss, kl_action_loss, consistency,
-                                     cfg.beta, cfg.beta_a, cfg.beta_r)
+                                     cfg.beta, cfg.beta_a if beta_a is None else beta_a, cfg.beta_r)
 
         with torch.no_grad():
             metrics = {

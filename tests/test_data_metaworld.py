@@ -61,6 +61,25 @@ def test_clip_shapes_and_actions_lead_from_frame_t_to_t_plus_1():
     np.testing.assert_array_equal(np.stack(replay), clip.frames)
 
 
+def test_action_repeat_holds_the_experts_action_between_frames():
+    """With action repeat 4 a clip's frame step is 4 simulator steps: replaying its actions in an env with the
+    same repeat reproduces every frame, the arm moves farther per frame, and the expert still succeeds."""
+    cfg = MetaworldSource(tasks=["button-press-v3"], episodes_per_task=1, max_steps=30, action_noise=0.0)
+    held = cfg.model_copy(update={"action_repeat": 4})
+    plain, clip = (load_clip(list_clips(c)[0][0], c) for c in (cfg, held))
+    assert clip.frames.shape == (31, 64, 64, 3) and clip.actions.shape == (30, 4)
+    env = make_env("button-press-v3", seed=0, max_steps=30, action_repeat=4)
+    replay = [env.reset(seed=clip.meta["seed"])[0]] + [env.step(action)[0] for action in clip.actions]
+    env.close()
+    np.testing.assert_array_equal(np.stack(replay), clip.frames)
+
+    def motion(c):  # mean absolute one-step pixel change over the first 10 frame steps
+        return np.abs(np.diff(c.frames[:11].astype(int), axis=0)).mean()
+
+    assert motion(clip) > 2 * motion(plain)
+    assert clip.success.any() and not plain.success.any()  # 120 simulator steps press it, 30 do not
+
+
 def test_clips_are_byte_identical_whatever_was_rendered_before():
     refs = list_clips(TINY)[0]
     first = load_clip(refs[0], TINY)

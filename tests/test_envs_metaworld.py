@@ -33,6 +33,30 @@ def test_reset_and_step_shapes_dtypes_and_truncation(env):
     assert env.action_space.shape == (4,) and env.observation_space.shape == (64, 64, 3)
 
 
+def test_action_repeat_applies_each_action_k_times_and_sums_rewards():
+    """One step of an env with action repeat 3 is three steps of a plain env: the same frame at the end,
+    the rewards summed, and truncation after max_steps of its own steps (3 * max_steps simulator steps)."""
+    plain = make_env("drawer-close-v3", seed=0, max_steps=12)
+    repeated = make_env("drawer-close-v3", seed=0, max_steps=4, action_repeat=3)
+    np.testing.assert_array_equal(plain.reset(seed=5)[0], repeated.reset(seed=5)[0])
+    action = np.array([0.5, -0.3, 0.2, 0.0], np.float32)
+    for step in range(4):
+        frames, rewards = [], []
+        for _ in range(3):
+            frame, reward, _, truncated_plain, _ = plain.step(action)
+            frames.append(frame)
+            rewards.append(reward)
+        frame, reward, terminated, truncated, info = repeated.step(action)
+        np.testing.assert_array_equal(frame, frames[-1])
+        assert reward == pytest.approx(sum(rewards))
+        assert truncated == truncated_plain == (step == 3) and not terminated
+    assert not np.array_equal(frames[0], frames[-1])  # the arm moved within one repeated step
+    plain.close()
+    repeated.close()
+    with pytest.raises(ValueError, match="action_repeat: must be at least 1"):
+        make_env("drawer-close-v3", seed=0, action_repeat=0)
+
+
 def test_new_positions_every_reset_and_seed_reproduces_them(env):
     frame1, info1 = env.reset(seed=1)
     frame2, info2 = env.reset()

@@ -120,3 +120,8 @@ def test_free_nats_on_the_action_kl_stop_its_gradient_below_the_threshold():
     mean.grad = None
     losses.action_kl_loss(mean, std, free=0.01).backward()  # above them: the KL's own gradient
     assert mean.grad.abs().sum() > 0
+
+
+def test_warmup_weight_rises_linearly_then_holds():
+    assert [losses.warmup_weight(2.0, step, 100) for step in (0, 25, 100, 500)] == [0.0, 0.5, 2.0, 2.0]
+    assert losses.warmup_weight(2.0, 0, 0) == 2.0  # no warm-up: the paper's weight from the first update

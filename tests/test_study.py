@@ -1,5 +1,7 @@
 """`prelar study`: pre-training runs with learning curves, and the study's figure and tables."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -28,6 +30,31 @@ def test_summary_finds_the_first_update_past_each_yardstick():
     assert "probe_r2_0.5_at" not in no_probe or no_probe["probe_r2_0.5_at"].isna().all()
 
 
+def test_cells_give_a_t_interval_over_three_seeds_and_count_seeds_that_never_got_there():
+    cell = study._cell(pd.Series([1.0, 2.0, 3.0]))  # mean 2, s = 1: 2 +- 4.303 / sqrt(3)
+    assert cell == "2 [-0.484, 4.48]"
+    assert study._cell(pd.Series([0.1, 0.3])) == "0.2 [0.1, 0.3]"
+    assert study._cell(pd.Series([400.0, np.inf, 600.0])) == "2/3 seeds: 500"
+    assert study._cell(pd.Series([np.inf, np.inf])) == "never"
+    assert study._cell(pd.Series([np.nan])) == "—"
+
+
+def test_differences_pair_runs_by_seed():
+    per_seed = pd.DataFrame(
+        {
+            "run": ["prelar"] * 3 + ["apv"] * 3,
+            "seed": [0, 1, 2, 2, 0, 1],  # apv's seeds listed in another order: paired by seed, not by row
+            "pred_mse_ratio": [1.0, 1.2, 1.4, 1.5, 1.1, 1.3],
+            "delta_psnr": [0.5, 0.4, 0.6] + [np.nan] * 3,  # APV has no latent actions
+        }
+    )
+    rows = study.differences(per_seed, "prelar")
+    assert rows["measurement"].tolist() == ["pred_mse_ratio"]
+    row = rows.iloc[0]
+    assert row["run"] == "apv" and row["seeds"] == 3
+    assert row["mean"] == pytest.approx(0.1) and row["low"] == pytest.approx(0.1)  # +0.1 in every seed
+
+
 def test_study_trains_each_run_and_seed_then_writes_curves_and_summary(tmp_path, monkeypatch):
     write_shards(point_mass_clips(episodes=6), tmp_path / "shards", clips_per_shard=2)
     monkeypatch.chdir(tmp_path)
@@ -36,30 +63,57 @@ def test_study_trains_each_run_and_seed_then_writes_curves_and_summary(tmp_path,
         "--set", "study.steps=2", "--set", "study.curve_every=1", "--set", "study.seeds=[0, 1]",
         "--set", "loader.holdout_fraction=0.5", "--set", "pretrain.device=cpu",
         "--set", "pretrain.eval_clips=2",
-        "--set", "study.runs={a: {variant: prelar, model: {beta_a: 0.1}}, b: {variant: apv}}",
-        "--runs", "a", "b",  # `--set study.runs=` adds to the default runs; `--runs` picks
+        "--set", "study.runs={prelar: {model: {beta_a: 0.1}}}",  # `--set study.runs=` updates the runs ...
+        "--runs", "prelar", "apv",  # ... and `--runs` picks
     ]  # fmt: skip
     assert cli.main(["study", "--shards", "shards", *common]) == 0
     docs = tmp_path / "docs/study"
     points = pd.read_csv(docs / "curves.csv")
     runs = sorted(set(zip(points["run"], points["seed"], strict=True)))
-    assert runs == [("a", 0), ("a", 1), ("b", 0), ("b", 1)]
+    assert runs == [("apv", 0), ("apv", 1), ("prelar", 0), ("prelar", 1)]
     assert sorted(points["step"].unique()) == [0, 1, 2]
-    assert points.loc[points["run"] == "b", "probe_r2"].isna().all()  # APV has no latent actions
-    assert points.loc[points["run"] == "a", "probe_r2"].notna().all()
+    assert points.loc[points["run"] == "apv", "probe_r2"].isna().all()  # APV has no latent actions
+    assert points.loc[points["run"] == "prelar", "probe_r2"].notna().all()
     summary = (docs / "summary.md").read_text()
-    assert "| a | 0,1 |" in summary and "| b | 0,1 |" in summary
+    assert "| prelar | 0,1 |" in summary and "| apv | 0,1 |" in summary
     assert "pixel differences pooled to 16x16 (no model): R² " in summary
+    metrics = json.loads((docs / "summary.json").read_text())  # what `dvc metrics show` reads
+    assert set(metrics["runs"]) == {"prelar", "apv"} and metrics["runs"]["prelar"]["seeds"] == 2
+    ratio = metrics["runs"]["prelar"]["pred_mse_ratio"]
+    assert ratio["low"] <= ratio["mean"] <= ratio["high"]
+    assert metrics["runs"]["apv"]["probe_r2"] is None  # APV: no latent actions
+    versus = metrics["minus_prelar"]["apv"]["pred_mse_ratio"]  # paired by seed
+    apv_ratio = metrics["runs"]["apv"]["pred_mse_ratio"]["mean"]
+    assert versus["seeds"] == 2 and versus["mean"] == pytest.approx(apv_ratio - ratio["mean"])
+    assert "Each run minus `prelar`" in summary
     assert (docs / "learning_curves.png").stat().st_size > 10_000
 
     from prelar.checkpoint import load
 
-    a0 = load(tmp_path / "runs/study/a/seed0/checkpoint.pt")
-    assert a0["model_config"]["beta_a"] == 0.1 and a0["step"] == 2
+    prelar0 = load(tmp_path / "runs/study/prelar/seed0/checkpoint.pt")
+    assert prelar0["model_config"]["beta_a"] == 0.1 and prelar0["step"] == 2
     # a complete study is not trained again: only the summary is rewritten
-    before = (tmp_path / "runs/study/a/seed0/checkpoint.pt").stat().st_mtime_ns
+    before = (tmp_path / "runs/study/prelar/seed0/checkpoint.pt").stat().st_mtime_ns
     assert cli.main(["study", "--summary-only", "--shards", "shards", *common]) == 0
-    assert (tmp_path / "runs/study/a/seed0/checkpoint.pt").stat().st_mtime_ns == before
+    assert (tmp_path / "runs/study/prelar/seed0/checkpoint.pt").stat().st_mtime_ns == before
+
+
+def test_the_study_renders_its_own_shards_and_says_how_when_they_are_missing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    data = "{tasks: [button-press-v3], episodes_per_task: 1, max_steps: 26, action_repeat: 2, out: shards}"
+    common = ["--params", str(REPO / "params.yaml"), "--set", f"study.data={data}"]
+    common += ["--set", "data.shards.workers=0"]
+    assert cli.main(["study", "--runs", "prelar", *common]) == 2
+    assert "prelar ingest metaworld --study" in capsys.readouterr().err
+    assert cli.main(["ingest", "metaworld", "--study", *common]) == 0
+    manifest = pd.read_parquet(tmp_path / "shards/manifest.parquet")
+    assert manifest["id"].tolist() == ["metaworld/button-press-v3/corner/ep0000"]
+    assert manifest["frames"].tolist() == [27]
+    assert not (tmp_path / "datasets/shards/metaworld").exists()  # the default shards are left alone
+    with pytest.raises(config.ConfigError, match=r"study.data.*'action_repeats'.*not data.metaworld"):
+        config.resolve({"study": {"data": {"action_repeats": 4}}})
+    with pytest.raises(config.ConfigError, match=r"study.data"):
+        config.resolve({"study": {"data": {"action_repeat": 0}}})
 
 
 def test_a_study_run_must_name_a_registered_variant_and_model_keys():

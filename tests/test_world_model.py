@@ -43,6 +43,16 @@ def test_loss_is_finite_reports_every_term_and_is_eq9():
     assert all(torch.isfinite(p.grad).all() for p in wm.parameters() if p.grad is not None)
 
 
+def test_a_given_beta_a_replaces_the_configured_weight():
+    """The warm-up passes the action KL's weight per update: total = the same terms with that weight."""
+    wm = _model(beta_a=1.0)
+    _, paper, _ = wm.loss(_frames(), torch.Generator().manual_seed(0))
+    _, warm, _ = wm.loss(_frames(), torch.Generator().manual_seed(0), beta_a=torch.tensor(0.25))
+    assert warm["kl_action"].item() == paper["kl_action"].item() > 0
+    difference = (paper["total"] - warm["total"]).item()
+    assert difference == pytest.approx(0.75 * paper["kl_action"].item(), abs=5e-3)  # fp32 totals ~1e4
+
+
 def test_loss_is_reproducible_with_a_generator():
     wm = _model()
     a = wm.loss(_frames(), torch.Generator().manual_seed(5))[0]

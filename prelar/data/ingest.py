@@ -406,6 +406,10 @@ def ingest_from_cli(params, args) -> int:
     source root) propagates: the CLI prints it and exits 2.
     """
     source_cfg = getattr(params.data, args.source)
+    if getattr(args, "study", False):  # `prelar ingest metaworld --study`: the pre-training study's shards
+        source_cfg = params.study.source(source_cfg)
+        if args.out is not None:
+            source_cfg = source_cfg.model_copy(update={"out": args.out})
     source = importlib.import_module(f"prelar.data.{args.source}")
     try:
         summary = ingest(source, source_cfg, params.data.shards, source_cfg.out, args.metrics)

@@ -93,10 +93,15 @@ _envs: OrderedDict[tuple, MetaworldEnv] = OrderedDict()
 
 def _env(task: str, camera: str, cfg: MetaworldSource) -> MetaworldEnv:
     """This process's env for (task, camera, episode length, quality), the least recently used closed."""
-    key = (task, camera, cfg.max_steps, cfg.fast_render)
+    key = (task, camera, cfg.max_steps, cfg.fast_render, cfg.action_repeat)
     if key not in _envs:
         _envs[key] = make_env(
-            task, seed=0, camera=camera, max_steps=cfg.max_steps, fast_render=cfg.fast_render
+            task,
+            seed=0,
+            camera=camera,
+            max_steps=cfg.max_steps,
+            fast_render=cfg.fast_render,
+            action_repeat=cfg.action_repeat,
         )
         if len(_envs) > _ENV_CACHE_SIZE:
             _envs.popitem(last=False)[1].close()
@@ -106,6 +111,9 @@ def _env(task: str, camera: str, cfg: MetaworldSource) -> MetaworldEnv:
 
 def load_clip(ref: ClipRef, cfg: MetaworldSource) -> Clip:
     """Render one episode of the noisy scripted expert: cfg.max_steps + 1 frames (the reset frame first).
+
+    The expert decides every `cfg.action_repeat` simulator steps and its (noisy) action is held in between:
+    one frame step shows action_repeat steps of motion, and actions[t] is the action held from t to t+1.
 
     frames uint8 [T, 64, 64, 3]; actions float32 [T-1, 4] (actions[t] taken at frame t, led to frame t+1);
     rewards float32 [T-1]; success bool [T-1]; meta: source, id, task, camera, episode, seed (the episode's).

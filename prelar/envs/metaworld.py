@@ -109,7 +109,9 @@ class MetaworldEnv(gym.Env):
 
     `info` holds `success` (bool, from Meta-world's evaluation of the step) and `state` (the 39-d
     low-dimensional state the scripted policies read: hand, gripper, objects, previous frame, goal).
-    Episodes end by truncation after `max_steps` steps (action repeat 1).
+    With `action_repeat` k each step applies its action k times (k simulator steps, one rendered frame), sums
+    their rewards and reports success if any of them succeeded. Episodes end by truncation after
+    `max_steps` steps (k * max_steps simulator steps).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 80}
@@ -122,12 +124,16 @@ class MetaworldEnv(gym.Env):
         size: int = 64,
         max_steps: int = 500,
         fast_render: bool = True,
+        action_repeat: int = 1,
     ):
         self.task = validate_task(task)
         self.camera = validate_camera(camera)
         if max_steps < 1:
             raise ValueError(f"max_steps: must be at least 1, got {max_steps}")
+        if action_repeat < 1:
+            raise ValueError(f"action_repeat: must be at least 1, got {action_repeat}")
         self.max_steps = max_steps
+        self.action_repeat = action_repeat
         self.render_mode = "rgb_array"
         self.observation_space = gym.spaces.Box(0, 255, (size, size, 3), np.uint8)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
@@ -145,7 +151,7 @@ class MetaworldEnv(gym.Env):
         sawyer._set_task_called = True
         sawyer._freeze_rand_vec = False  # new object/goal positions at every reset ...
         sawyer.seeded_rand_vec = True  # ... drawn from sawyer.np_random, which `seed` sets
-        sawyer.max_path_length = max_steps
+        sawyer.max_path_length = max_steps * action_repeat
         sawyer.seed(seed)
         self.sawyer = sawyer
         self._viewer: OffScreenViewer | None = open_viewer(sawyer.mujoco_renderer, fast_render)
@@ -184,9 +190,15 @@ class MetaworldEnv(gym.Env):
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         action = np.clip(np.asarray(action, dtype=np.float32), -1.0, 1.0)  # [4]
-        state, reward, terminated, truncated, info = self.sawyer.step(action)
-        info = {**info, "success": bool(info["success"]), "state": state}
-        return self.render(), float(reward), bool(terminated), bool(truncated), info
+        total, success = 0.0, False
+        for _ in range(self.action_repeat):
+            state, reward, terminated, truncated, info = self.sawyer.step(action)
+            total += float(reward)
+            success = success or bool(info["success"])
+            if terminated or truncated:
+                break
+        info = {**info, "success": success, "state": state}
+        return self.render(), total, bool(terminated), bool(truncated), info
 
     def close(self) -> None:
         """Free the GL context (idempotent); unlike gymnasium's close, later envs can still render."""
@@ -216,6 +228,15 @@ def make_env(
     size: int = 64,
     max_steps: int = 500,
     fast_render: bool = True,
+    action_repeat: int = 1,
 ) -> MetaworldEnv:
     """A Meta-world v3 task (e.g. "drawer-close-v3") seen as uint8 [size, size, 3] frames (see module doc)."""
-    return MetaworldEnv(task, seed, camera=camera, size=size, max_steps=max_steps, fast_render=fast_render)
+    return MetaworldEnv(
+        task,
+        seed,
+        camera=camera,
+        size=size,
+        max_steps=max_steps,
+        fast_render=fast_render,
+        action_repeat=action_repeat,
+    )
