@@ -138,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
                 for name in [*INGEST_FLAGS[args.source], "out"]
                 if getattr(args, name) is not None
             }
+            if getattr(args, "study", False) and args.out is not None:  # --out: the study's folder
+                flags = {"study.data.out": flags.pop(f"data.{args.source}.out")}
         else:
             module = importlib.import_module(args._module)
             run = module.run

@@ -365,7 +365,7 @@ class Study(_Section):
     }
     experiment: str = "prelar-study"  # the MLflow experiment of its runs
     out: str = "runs/study"  # a run's folder: <out>/<run>/seed<seed>
-    docs: str = "docs/study"  # learning_curves.png, summary.csv, summary.md
+    docs: str = "docs/study"  # learning_curves.png, curves.csv, summary.csv / .md / .json
 
     @field_validator("data")
     @classmethod
@@ -374,12 +374,25 @@ class Study(_Section):
         if unknown:
             known = sorted(MetaworldSource.model_fields)
             raise ValueError(f"{unknown} are not data.metaworld parameters ({known})")
-        MetaworldSource.model_validate(data)  # the values' types
-        return data
+        if "out" not in data:
+            raise ValueError("needs its own `out` shard folder (the default shards must stay as they are)")
+        try:
+            typed = MetaworldSource.model_validate(data)
+        except ValidationError as err:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+            raise ValueError(problems) from None
+        return {key: getattr(typed, key) for key in data}
 
     def source(self, base: MetaworldSource) -> MetaworldSource:
-        """The study's Meta-world source: `base` (data.metaworld) with the values of `data`."""
-        return MetaworldSource.model_validate({**base.model_dump(), **self.data})
+        """The study's Meta-world source: `base` (data.metaworld) with the values of `data`; a ConfigError
+        when both would write the same shard folder."""
+        source = MetaworldSource.model_validate({**base.model_dump(), **self.data})
+        if Path(source.out).resolve() == Path(base.out).resolve():
+            raise ConfigError(
+                f"study.data.out: {source.out} is also data.metaworld.out; give the study's shards a folder "
+                "of their own"
+            )
+        return source
 
 
 class MLflowCfg(_Section):

@@ -327,6 +327,8 @@ def _train(params, shards, out, dist, run_name, callback, variant) -> dict[str, 
             # loss terms, entropies, ...
             values = {f"{names.PRETRAIN_PREFIX}{k}": v for k, v in update["metrics"].items()}
             values["grad_norm/total"] = update["grad_norm"].float()
+            if beta_a is not None:
+                values[f"{names.PRETRAIN_PREFIX}beta_a"] = beta_a  # the warm-up's weight this update
             for k, v in values.items():
                 sums[k] = sums.get(k, 0.0) + v.item()
             count += 1

@@ -7,10 +7,11 @@ again (its checkpoint is resumed, so an interrupted study continues where it sto
 
 - `learning_curves.png`: the report's learning-curve panels, one line per run and seed;
 - `curves.csv`: every point (run, seed, step, frames, measurements);
-- `summary.csv` / `summary.md`: per run, over its seeds (mean, and its 95% interval over seeds): the first
-  update (and frames seen) whose open-loop MSE beats copy-last-frame, the first whose probe R² reaches 0.5,
-  and the final measurements beside their yardsticks (for the probe, also the same probe on one-step pixel
-  differences: how much of the action a linear read-out of the raw motion recovers).
+- `summary.csv`: per run and seed, the first update (and frames seen) whose open-loop MSE beats
+  copy-last-frame, the first whose probe R² reaches 0.5, and the final measurements;
+- `summary.md` / `summary.json` (the DVC metrics): the same per run, as the mean and its 95% interval over
+  seeds, beside their yardsticks (for the probe, also the same probe on one-step pixel differences: how
+  much of the action a linear read-out of the raw motion recovers), and each run minus PreLAR, seed by seed.
 """
 
 from __future__ import annotations
@@ -206,36 +207,36 @@ def _estimate(mean: float, low: float, high: float, seeds: int) -> str:
     return _fmt(mean) if seeds == 1 else f"{_fmt(mean)} [{_fmt(low)}, {_fmt(high)}]"
 
 
-def _json_value(values: pd.Series) -> dict[str, float] | None:
-    """A measurement over seeds for the metrics JSON: mean, low, high (and, for a first update, how many
-    seeds reached it: their mean, or null when none did)."""
+def _json_value(values: pd.Series) -> dict[str, float | int | None] | None:
+    """A measurement over seeds for the metrics JSON, always {seeds, reached, mean, low, high}: `reached` the
+    seeds with a finite value (for a first update: those that got there), the rest its `interval` over them;
+    null where there is none. None for a measurement the run does not have."""
     values = values.dropna()
     if values.empty:
         return None
-    reached = values[~np.isinf(values)]
-    if len(reached) < len(values):
-        mean = float(reached.mean()) if len(reached) else None
-        return {"reached": len(reached), "seeds": len(values), "mean": mean}
-    mean, low, high = interval(values)
-    return {"mean": mean, "low": low, "high": high}
+    reached = values[np.isfinite(values)]
+    mean, low, high = interval(reached) if len(reached) else (None, None, None)
+    return {"seeds": len(values), "reached": len(reached), "mean": mean, "low": low, "high": high}
 
 
 def differences(per_seed: pd.DataFrame, reference: str) -> pd.DataFrame:
-    """Each run minus `reference`, paired by seed (same seed: same initialisation and batches), on the final
-    COMPARED measurements: rows run, measurement, seeds, mean, low, high (`interval` of the differences)."""
+    """Each run minus `reference`, paired by seed (the same seed: the same batches, and the same
+    initialisation of the modules they share) among seeds run for as many updates, on the final COMPARED
+    measurements: rows run, measurement, seeds, mean, low, high (`interval` of the differences)."""
     rows = []
     base = per_seed[per_seed["run"] == reference].set_index("seed")
     for name, frame in per_seed[per_seed["run"] != reference].groupby("run", sort=False):
         frame = frame.set_index("seed")
         common = frame.index.intersection(base.index)
+        common = common[frame.loc[common, "updates"].to_numpy() == base.loc[common, "updates"].to_numpy()]
         for key in COMPARED:
             if key not in frame or key not in base or common.empty:
                 continue
             diff = (frame.loc[common, key] - base.loc[common, key]).dropna()
             if not diff.empty:
                 mean, low, high = interval(diff)
-                rows.append({"run": name, "measurement": key, "seeds": len(diff), "mean": mean, "low": low,
-                             "high": high})
+                rows.append({"run": name, "measurement": key, "seeds": len(diff), "mean": float(mean),
+                             "low": float(low), "high": float(high)})
     return pd.DataFrame(rows, columns=["run", "measurement", "seeds", "mean", "low", "high"])
 
 
@@ -272,7 +273,8 @@ def write_summary(points: pd.DataFrame, docs: Path, pixel_r2: float) -> list[Pat
     compared = differences(per_seed, REFERENCE)
     cells = [_estimate(row.mean, row.low, row.high, row.seeds) for row in compared.itertuples()]
     versus = compared.assign(difference=cells).pivot(index="run", columns="measurement", values="difference")
-    versus = versus.reindex(columns=[c for c in COMPARED if c in versus]).fillna("—")
+    order = [name for name in table["run"] if name in versus.index]
+    versus = versus.reindex(index=order, columns=[c for c in COMPARED if c in versus]).fillna("—")
     paths[3].write_text(
         "Per run: mean over its seeds [95% Student-t interval over seeds; with 2 seeds, min and max]; for a "
         'first update, "k/n seeds" when only k of n seeds got there. `beats_copy_last_at`: the first update '
@@ -283,23 +285,28 @@ def write_summary(points: pd.DataFrame, docs: Path, pixel_r2: float) -> list[Pat
         "(`probe_r2_untrained`), and the same ridge probe on one-step pixel differences pooled to 16x16 "
         f"(no model): R² {pixel_r2:.3f}.\n\n"
         + _markdown(table)
-        + f"\n\nEach run minus `{REFERENCE}`, seed by seed (the same seed: the same initialisation and "
-        "batches), at the last update: mean difference [95% Student-t interval; with 2 seeds, min and "
-        "max].\n\n"
-        + _markdown(versus.reset_index())
+        + (
+            f"\n\nEach run minus `{REFERENCE}`, seed by seed (the same seed: the same batches, and the same "
+            "initialisation of the modules they share), at the last update: mean difference [95% Student-t "
+            "interval; with 2 seeds, min and max].\n\n" + _markdown(versus.reset_index())
+            if len(versus)
+            else ""
+        )
         + "\n"
     )
     summary = {
         "runs": {
-            name: {"seeds": len(frame), **{c: _json_value(frame[c]) for c in columns if c in frame}}
+            name: {"seeds": len(frame), **{c: _json_value(frame[c]) for c in columns}}
             for name, frame in grouped
         },
         f"minus_{REFERENCE}": {
-            name: {row.measurement: {"seeds": row.seeds, "mean": row.mean, "low": row.low, "high": row.high}
-                   for row in frame.itertuples()}
+            name: {
+                row.measurement: {"seeds": int(row.seeds), "mean": row.mean, "low": row.low, "high": row.high}
+                for row in frame.itertuples()
+            }
             for name, frame in compared.groupby("run", sort=False)
         },
-        "probe_pixel_difference_r2": pixel_r2,
+        "probe_pixel_difference_r2": pixel_r2 if np.isfinite(pixel_r2) else None,
     }
-    paths[4].write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    paths[4].write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
     return paths

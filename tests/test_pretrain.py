@@ -119,6 +119,18 @@ def test_resume_continues_bit_exactly_like_an_uninterrupted_run(shards, tracking
     assert any(not torch.equal(initial[n], a[n]) for n in initial)  # training moved them: the test can fail
 
 
+def test_beta_a_warmup_weighs_each_update_and_resumes_on_schedule(shards, tracking_uri, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    params = config.override(tiny_params(tracking_uri, log_every=1), {"model.beta_a_warmup": 2})
+    pretrain.pretrain(config.override(params, {"pretrain.steps": 2}), shards, tmp_path, run_name="warm")
+    pretrain.pretrain(params, shards, tmp_path, run_name="warm")  # resumed at update 3
+    run_id = checkpoint.load(tmp_path / "checkpoint.pt")["extra"]["mlflow_run_id"]
+    client = MlflowClient(tracking.resolve_tracking_uri(tracking_uri))
+    history = client.get_metric_history(run_id, "train/beta_a")
+    assert {m.step: m.value for m in history} == {1: 0.0, 2: 0.5, 3: 1.0, 4: 1.0}  # (the end logs it again)
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(shards, tracking_uri, tmp_path):
     pretrain.pretrain(tiny_params(tracking_uri, steps=2), shards, tmp_path)
     path = tmp_path / "checkpoint.pt"

@@ -46,6 +46,7 @@ def test_differences_pair_runs_by_seed():
             "seed": [0, 1, 2, 2, 0, 1],  # apv's seeds listed in another order: paired by seed, not by row
             "pred_mse_ratio": [1.0, 1.2, 1.4, 1.5, 1.1, 1.3],
             "delta_psnr": [0.5, 0.4, 0.6] + [np.nan] * 3,  # APV has no latent actions
+            "updates": [100] * 6,
         }
     )
     rows = study.differences(per_seed, "prelar")
@@ -53,6 +54,8 @@ def test_differences_pair_runs_by_seed():
     row = rows.iloc[0]
     assert row["run"] == "apv" and row["seeds"] == 3
     assert row["mean"] == pytest.approx(0.1) and row["low"] == pytest.approx(0.1)  # +0.1 in every seed
+    unfinished = per_seed.assign(updates=[100, 100, 100, 40, 100, 100])  # apv seed 2 stopped early
+    assert study.differences(unfinished, "prelar").iloc[0]["seeds"] == 2
 
 
 def test_study_trains_each_run_and_seed_then_writes_curves_and_summary(tmp_path, monkeypatch):
@@ -100,20 +103,27 @@ def test_study_trains_each_run_and_seed_then_writes_curves_and_summary(tmp_path,
 
 def test_the_study_renders_its_own_shards_and_says_how_when_they_are_missing(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    data = "{tasks: [button-press-v3], episodes_per_task: 1, max_steps: 26, action_repeat: 2, out: shards}"
+    data = "{tasks: [button-press-v3], episodes_per_task: 1, max_steps: 26, action_repeat: 2}"
     common = ["--params", str(REPO / "params.yaml"), "--set", f"study.data={data}"]
     common += ["--set", "data.shards.workers=0"]
     assert cli.main(["study", "--runs", "prelar", *common]) == 2
     assert "prelar ingest metaworld --study" in capsys.readouterr().err
     assert cli.main(["ingest", "metaworld", "--study", *common]) == 0
-    manifest = pd.read_parquet(tmp_path / "shards/manifest.parquet")
+    manifest = pd.read_parquet(tmp_path / "datasets/shards/study/manifest.parquet")  # study.data.out
     assert manifest["id"].tolist() == ["metaworld/button-press-v3/corner/ep0000"]
     assert manifest["frames"].tolist() == [27]
     assert not (tmp_path / "datasets/shards/metaworld").exists()  # the default shards are left alone
+    assert cli.main(["ingest", "metaworld", "--study", "--out", "elsewhere", *common]) == 0
+    assert (tmp_path / "elsewhere/manifest.parquet").exists()
     with pytest.raises(config.ConfigError, match=r"study.data.*'action_repeats'.*not data.metaworld"):
-        config.resolve({"study": {"data": {"action_repeats": 4}}})
-    with pytest.raises(config.ConfigError, match=r"study.data"):
-        config.resolve({"study": {"data": {"action_repeat": 0}}})
+        config.resolve({"study": {"data": {"action_repeats": 4, "out": "s"}}})
+    with pytest.raises(config.ConfigError, match=r"study.data.*action_repeat.*greater than 0"):
+        config.resolve({"study": {"data": {"action_repeat": 0, "out": "s"}}})
+    with pytest.raises(config.ConfigError, match=r"study.data.*own `out`"):
+        config.resolve({"study": {"data": {"action_repeat": 4}}})
+    same = config.resolve({"study": {"data": {"out": "datasets/shards/metaworld"}}})
+    with pytest.raises(config.ConfigError, match=r"study.data.out.*also data.metaworld.out"):
+        same.study.source(same.data.metaworld)
 
 
 def test_a_study_run_must_name_a_registered_variant_and_model_keys():

@@ -408,8 +408,6 @@ def ingest_from_cli(params, args) -> int:
     source_cfg = getattr(params.data, args.source)
     if getattr(args, "study", False):  # `prelar ingest metaworld --study`: the pre-training study's shards
         source_cfg = params.study.source(source_cfg)
-        if args.out is not None:
-            source_cfg = source_cfg.model_copy(update={"out": args.out})
     source = importlib.import_module(f"prelar.data.{args.source}")
     try:
         summary = ingest(source, source_cfg, params.data.shards, source_cfg.out, args.metrics)

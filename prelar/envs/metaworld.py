@@ -110,8 +110,9 @@ class MetaworldEnv(gym.Env):
     `info` holds `success` (bool, from Meta-world's evaluation of the step) and `state` (the 39-d
     low-dimensional state the scripted policies read: hand, gripper, objects, previous frame, goal).
     With `action_repeat` k each step applies its action k times (k simulator steps, one rendered frame), sums
-    their rewards and reports success if any of them succeeded. Episodes end by truncation after
-    `max_steps` steps (k * max_steps simulator steps).
+    their rewards and reports success if any of them succeeded; the other `info` entries (and `state`) are the
+    last simulator step's. Episodes end by truncation after `max_steps` steps (k * max_steps simulator
+    steps, so a repeat never runs past the end).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 80}
@@ -195,8 +196,6 @@ class MetaworldEnv(gym.Env):
             state, reward, terminated, truncated, info = self.sawyer.step(action)
             total += float(reward)
             success = success or bool(info["success"])
-            if terminated or truncated:
-                break
         info = {**info, "success": success, "state": state}
         return self.render(), total, bool(terminated), bool(truncated), info
 
