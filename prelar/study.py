@@ -89,10 +89,10 @@ def run(params: config.Params, args: argparse.Namespace) -> int:
     unknown = sorted(set(names_) - set(study.runs))
     if unknown:
         raise config.ConfigError(f"--runs: {unknown} are not runs of study.runs ({sorted(study.runs)})")
+    shards = study_shards(params, args)  # trained on (unless --summary-only) and probed for the yardstick
     if not args.summary_only:
         from prelar.pretrain import pretrain
 
-        shards = study_shards(params, args)
         for seed in study.seeds:  # every run of seed 0 first: a short study still compares all runs
             for name in names_:
                 print(f"study: {name} seed {seed}", flush=True)
@@ -104,7 +104,7 @@ def run(params: config.Params, args: argparse.Namespace) -> int:
                     variant=study.runs[name].variant,
                 )
     points = collect(params, names_)
-    clips, _ = probe_clips(study_shards(params, args), params)
+    clips, _ = probe_clips(shards, params)
     pixels = float(np.mean([row["r2"] for row in pixel_difference_probe(clips, params.evaluate)]))
     written = write_summary(points, Path(study.docs), pixels)
     print(f"study: {', '.join(str(p) for p in written)}")
