@@ -31,6 +31,7 @@ COMMANDS = {
     "evaluate": ("prelar.evaluate.stages", "evaluation stages: probe, controllability, transfer (evaluate)"),
     "report": ("prelar.evaluate.report", "aggregate MLflow runs into the HTML report (report)"),
     "study": ("prelar.study", "pre-training study: learning curves of several variants and seeds (study)"),
+    "online": ("prelar.online", "online RL study: success curves of several methods and seeds (online)"),
 }
 # `prelar ingest <source>`: the flags that stand for parameters of `data.<source>`.
 INGEST_FLAGS = {

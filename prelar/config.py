@@ -244,6 +244,7 @@ class Finetune(_Section):
     pretrained: str | None = None  # checkpoint of `prelar pretrain` (every method but dreamerv2 needs one)
     env_steps: int = 800
     max_episode_steps: int = 100  # Meta-world's limit: 500 (an episode has max_episode_steps + 1 frames)
+    action_repeat: PositiveInt = 1  # simulator steps per env step (paper: 1); env_steps count env steps
     camera: str = "corner"
     fast_render: bool = True
     eval_every: int = 400
@@ -400,6 +401,55 @@ class MLflowCfg(_Section):
     experiment: str = "prelar"
 
 
+class Online(_Section):
+    """The online RL study (`prelar online`, pipelines/online/dvc.yaml): each of `methods` x `seeds`
+    fine-tuned on one task with the values of `finetune` on top of the `finetune` section (the pre-trained
+    checkpoints of the default pipeline), into `out/<method>/seed<seed>`; success and return curves with
+    95% intervals over seeds beside a uniformly random policy (`random_episodes` episodes), in `docs`."""
+
+    finetune: dict[str, Any] = {
+        "task": "reach-v3",
+        "action_repeat": 2,
+        "max_episode_steps": 50,
+        "env_steps": 4000,
+        "prefill": 500,
+        "train_every": 5,
+        "eval_every": 500,
+        "eval_episodes": 10,
+        "log_every": 500,
+    }
+    methods: list[str] = ["dreamerv2", "apv", "prelar"]
+    seeds: list[int] = Field([0, 1, 2], min_length=1)
+    random_episodes: PositiveInt = 30
+    experiment: str = "prelar-online"  # the MLflow experiment of its runs
+    out: str = "runs/online"
+    docs: str = "docs/online"  # success_curves.png, curves.csv, summary.md / .json
+
+    @field_validator("methods")
+    @classmethod
+    def _registered_methods(cls, names: list[str]) -> list[str]:
+        for name in names:
+            registry.method(name)
+        return names
+
+    @field_validator("finetune")
+    @classmethod
+    def _finetune_values(cls, values: dict[str, Any]) -> dict[str, Any]:
+        own = {"method", "seed", "out", "pretrained", "matrix", "bonus", "behavior"}
+        unknown = sorted(set(values) - (set(Finetune.model_fields) - own))
+        if unknown:
+            raise ValueError(
+                f"{unknown}: not plain finetune parameters that the study may set (method, seed, out and "
+                "pretrained are the study's; the nested sections stay as in `finetune`)"
+            )
+        try:
+            typed = Finetune.model_validate(values)
+        except ValidationError as err:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+            raise ValueError(problems) from None
+        return {key: getattr(typed, key) for key in values}
+
+
 class Params(_Section):
     profile: str = "cpu"
     seed: int = 0
@@ -412,6 +462,7 @@ class Params(_Section):
     evaluate: Evaluate = Evaluate()
     report: Report = Report()
     study: Study = Study()
+    online: Online = Online()
 
 
 class ConfigError(ValueError):

@@ -23,14 +23,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from prelar import config
 from prelar import metrics as names
 from prelar.evaluate.probe import pixel_difference_probe, probe_clips
+from prelar.over_seeds import cell, estimate, interval, json_value, markdown
 
 PROBE_TARGET = 0.5  # "informative": the probe explains half of the true action's variance
-CONFIDENCE = 0.95  # of the intervals over seeds
 REFERENCE = "prelar"  # the run every other run is compared with, seed by seed
 COMPARED = ("pred_mse_ratio", "delta_psnr", "probe_r2", "kl_action")  # final measurements compared
 
@@ -173,52 +172,6 @@ def summarize(points: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def interval(values: pd.Series) -> tuple[float, float, float]:
-    """(mean, low, high) over seeds: with 3+ seeds the 95% Student-t interval of the mean, with 2 their
-    [min, max], with 1 the value itself."""
-    mean = float(values.mean())
-    if len(values) == 1:
-        return mean, mean, mean
-    if len(values) == 2:
-        return mean, float(values.min()), float(values.max())
-    half = stats.t.ppf(0.5 + CONFIDENCE / 2, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
-    return mean, mean - half, mean + half
-
-
-def _fmt(v: float) -> str:
-    return f"{v:,.0f}" if float(v).is_integer() and abs(v) >= 1 else f"{v:.3g}"
-
-
-def _cell(values: pd.Series) -> str:
-    """Over seeds: the mean [its `interval`]; for a first update, "never" when no seed got there and "k/n
-    seeds: mean" when only k did; "—" for a measurement the run does not have (APV's probe)."""
-    values = values.dropna()
-    if values.empty:
-        return "—"
-    reached = values[~np.isinf(values)]
-    if reached.empty:
-        return "never"
-    if len(reached) < len(values):
-        return f"{len(reached)}/{len(values)} seeds: {_fmt(reached.mean())}"
-    return _estimate(*interval(values), len(values))
-
-
-def _estimate(mean: float, low: float, high: float, seeds: int) -> str:
-    return _fmt(mean) if seeds == 1 else f"{_fmt(mean)} [{_fmt(low)}, {_fmt(high)}]"
-
-
-def _json_value(values: pd.Series) -> dict[str, float | int | None] | None:
-    """A measurement over seeds for the metrics JSON, always {seeds, reached, mean, low, high}: `reached` the
-    seeds with a finite value (for a first update: those that got there), the rest its `interval` over them;
-    null where there is none. None for a measurement the run does not have."""
-    values = values.dropna()
-    if values.empty:
-        return None
-    reached = values[np.isfinite(values)]
-    mean, low, high = interval(reached) if len(reached) else (None, None, None)
-    return {"seeds": len(values), "reached": len(reached), "mean": mean, "low": low, "high": high}
-
-
 def differences(per_seed: pd.DataFrame, reference: str) -> pd.DataFrame:
     """Each run minus `reference`, paired by seed (the same seed: the same batches, and the same
     initialisation of the modules they share) among seeds run for as many updates, on the final COMPARED
@@ -240,14 +193,6 @@ def differences(per_seed: pd.DataFrame, reference: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["run", "measurement", "seeds", "mean", "low", "high"])
 
 
-def _markdown(table: pd.DataFrame) -> str:
-    return "\n".join([
-        "| " + " | ".join(str(c) for c in table.columns) + " |",
-        "|" + "---|" * len(table.columns),
-        *("| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)),
-    ])
-
-
 def write_summary(points: pd.DataFrame, docs: Path, pixel_r2: float) -> list[Path]:
     """The study's figure and tables in `docs`, with the probe's model-free yardstick `pixel_r2` (the probe
     on one-step pixel differences, same clips and splits); returns their paths."""
@@ -267,11 +212,11 @@ def write_summary(points: pd.DataFrame, docs: Path, pixel_r2: float) -> list[Pat
     per_seed.to_csv(paths[2], index=False)
     columns = [c for c in per_seed.columns if c not in ("run", "seed")]
     grouped = per_seed.groupby("run", sort=False)
-    table = grouped[columns].agg(_cell).reset_index()
+    table = grouped[columns].agg(cell).reset_index()
     seeds = grouped["seed"].agg(lambda s: ",".join(str(v) for v in sorted(s)))
     table.insert(1, "seeds", seeds.to_numpy())
     compared = differences(per_seed, REFERENCE)
-    cells = [_estimate(row.mean, row.low, row.high, row.seeds) for row in compared.itertuples()]
+    cells = [estimate(row.mean, row.low, row.high, row.seeds) for row in compared.itertuples()]
     versus = compared.assign(difference=cells).pivot(index="run", columns="measurement", values="difference")
     order = [name for name in table["run"] if name in versus.index]
     versus = versus.reindex(index=order, columns=[c for c in COMPARED if c in versus]).fillna("—")
@@ -284,11 +229,11 @@ def write_summary(points: pd.DataFrame, docs: Path, pixel_r2: float) -> list[Pat
         "The probe's yardsticks, on the same clips and episode splits: an untrained encoder "
         "(`probe_r2_untrained`), and the same ridge probe on one-step pixel differences pooled to 16x16 "
         f"(no model): R² {pixel_r2:.3f}.\n\n"
-        + _markdown(table)
+        + markdown(table)
         + (
             f"\n\nEach run minus `{REFERENCE}`, seed by seed (the same seed: the same batches, and the same "
             "initialisation of the modules they share), at the last update: mean difference [95% Student-t "
-            "interval; with 2 seeds, min and max].\n\n" + _markdown(versus.reset_index())
+            "interval; with 2 seeds, min and max].\n\n" + markdown(versus.reset_index())
             if len(versus)
             else ""
         )
@@ -296,7 +241,7 @@ def write_summary(points: pd.DataFrame, docs: Path, pixel_r2: float) -> list[Pat
     )
     summary = {
         "runs": {
-            name: {"seeds": len(frame), **{c: _json_value(frame[c]) for c in columns}}
+            name: {"seeds": len(frame), **{c: json_value(frame[c]) for c in columns}}
             for name, frame in grouped
         },
         f"minus_{REFERENCE}": {

@@ -1,4 +1,7 @@
 import os
+from pathlib import Path
+
+import pytest
 
 # MuJoCo picks its GL backend when first imported: offscreen EGL on CPU (see scripts/setup.sh).
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -29,3 +32,46 @@ def pytest_xdist_make_scheduler(config, log):
             super()._reschedule(node)
 
     return SoloFirst(config, log)
+
+
+@pytest.fixture(scope="session")
+def pretrained(tmp_path_factory) -> dict[str, Path]:
+    """Tiny PreLAR and action-free checkpoints, each trained for a step on real Meta-world frames."""
+    import numpy as np
+    import torch
+
+    from prelar import checkpoint, config
+    from prelar.envs.metaworld import make_env
+    from prelar.world_model import WorldModel
+
+    folder = tmp_path_factory.mktemp("pretrained")
+    env = make_env("drawer-close-v3", seed=0, max_steps=20)
+    frames = [env.reset(seed=0)[0]]
+    rng = np.random.default_rng(0)
+    for _ in range(7):
+        frames.append(env.step(rng.uniform(-1, 1, 4))[0])
+    env.close()
+    video = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).reshape(2, 4, 3, 64, 64)  # uint8
+    model_params = config.load(Path(__file__).resolve().parents[1] / "params.yaml", "tiny").model
+    paths = {}
+    for name, switches in [
+        ("prelar", {}),
+        ("action_free", {"action_free": True}),
+        ("prelar_no_cl", {"use_consistency": False}),
+    ]:
+        torch.manual_seed(1)
+        cfg = model_params.model_copy(update=switches)
+        model = WorldModel(cfg)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        loss, _, _ = model.loss(video)
+        loss.backward()
+        opt.step()
+        paths[name] = checkpoint.save(
+            folder / f"{name}.pt",
+            model=model,
+            optimizer=opt,
+            step=1,
+            model_config=cfg.model_dump(),
+            rng=[checkpoint.rng_state()],
+        )
+    return paths

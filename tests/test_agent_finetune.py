@@ -22,7 +22,6 @@ from prelar import checkpoint, config
 from prelar.agent.finetune import finetune
 from prelar.agent.model import FinetuneModel, load_pretrained
 from prelar.agent.replay import Replay
-from prelar.envs.metaworld import make_env
 from prelar.world_model import WorldModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,42 +53,6 @@ def _params(db: Path, **finetune) -> config.Params:
             "mlflow": base.mlflow.model_copy(update={"tracking_uri": f"sqlite:///{db}"}),
         }
     )
-
-
-@pytest.fixture(scope="module")
-def pretrained(tmp_path_factory) -> dict[str, Path]:
-    """Tiny PreLAR and action-free checkpoints, each trained for a step on real Meta-world frames."""
-    folder = tmp_path_factory.mktemp("pretrained")
-    env = make_env("drawer-close-v3", seed=0, max_steps=20)
-    frames = [env.reset(seed=0)[0]]
-    rng = np.random.default_rng(0)
-    for _ in range(7):
-        frames.append(env.step(rng.uniform(-1, 1, 4))[0])
-    env.close()
-    video = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).reshape(2, 4, 3, 64, 64)  # uint8
-    model_params = config.load(ROOT / "params.yaml", "tiny").model
-    paths = {}
-    for name, switches in [
-        ("prelar", {}),
-        ("action_free", {"action_free": True}),
-        ("prelar_no_cl", {"use_consistency": False}),
-    ]:
-        torch.manual_seed(1)
-        cfg = model_params.model_copy(update=switches)
-        model = WorldModel(cfg)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-        loss, _, _ = model.loss(video)
-        loss.backward()
-        opt.step()
-        paths[name] = checkpoint.save(
-            folder / f"{name}.pt",
-            model=model,
-            optimizer=opt,
-            step=1,
-            model_config=cfg.model_dump(),
-            rng=[checkpoint.rng_state()],
-        )
-    return paths
 
 
 def test_pretrained_weights_are_the_ones_trained(pretrained, store):

@@ -12,7 +12,7 @@ import yaml
 from prelar import cli
 
 REPO = Path(__file__).resolve().parents[1]
-PIPELINES = [REPO / "dvc.yaml", REPO / "pipelines/external/dvc.yaml", REPO / "pipelines/study/dvc.yaml"]
+PIPELINES = [REPO / "dvc.yaml", *sorted((REPO / "pipelines").glob("*/dvc.yaml"))]
 INGEST = "prelar.data.ingest"  # `prelar ingest <source>` runs this module and `prelar.data.<source>`
 # The modules `prelar.cli` dispatches to: an import of one of them from cli.py is a dispatch (it runs for
 # that subcommand only), not code every stage runs.

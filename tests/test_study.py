@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from prelar import cli, config, study
+from prelar import cli, config, over_seeds, study
 from prelar.data.shards import write_shards
 from tests.test_pretrain import REPO, point_mass_clips
 
@@ -31,12 +31,12 @@ def test_summary_finds_the_first_update_past_each_yardstick():
 
 
 def test_cells_give_a_t_interval_over_three_seeds_and_count_seeds_that_never_got_there():
-    cell = study._cell(pd.Series([1.0, 2.0, 3.0]))  # mean 2, s = 1: 2 +- 4.303 / sqrt(3)
+    cell = over_seeds.cell(pd.Series([1.0, 2.0, 3.0]))  # mean 2, s = 1: 2 +- 4.303 / sqrt(3)
     assert cell == "2 [-0.484, 4.48]"
-    assert study._cell(pd.Series([0.1, 0.3])) == "0.2 [0.1, 0.3]"
-    assert study._cell(pd.Series([400.0, np.inf, 600.0])) == "2/3 seeds: 500"
-    assert study._cell(pd.Series([np.inf, np.inf])) == "never"
-    assert study._cell(pd.Series([np.nan])) == "—"
+    assert over_seeds.cell(pd.Series([0.1, 0.3])) == "0.2 [0.1, 0.3]"
+    assert over_seeds.cell(pd.Series([400.0, np.inf, 600.0])) == "2/3 seeds: 500"
+    assert over_seeds.cell(pd.Series([np.inf, np.inf])) == "never"
+    assert over_seeds.cell(pd.Series([np.nan])) == "—"
 
 
 def test_differences_pair_runs_by_seed():

@@ -80,12 +80,18 @@ def updates(params: config.Params, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(params: config.Params, args: argparse.Namespace) -> int:
-    method = methods.method(params.finetune.method)
-    if params.finetune.pretrained is None and method.pretrained:
-        default = Path(params.pretrain.out) / method.variant / checkpoint.FILENAME
-        params = config.override(params, {"finetune.pretrained": str(default)})
-    finetune(params, args.out)
+    finetune(with_pretrained(params), args.out)
     return 0
+
+
+def with_pretrained(params: config.Params) -> config.Params:
+    """`params` with `finetune.pretrained` defaulted to its method's variant in `pretrain.out` (e.g.
+    runs/pretrain/apv/checkpoint.pt for apv) where the method loads one and none is given."""
+    method = methods.method(params.finetune.method)
+    if params.finetune.pretrained is not None or not method.pretrained:
+        return params
+    default = Path(params.pretrain.out) / method.variant / checkpoint.FILENAME
+    return config.override(params, {"finetune.pretrained": str(default)})
 
 
 def default_out(cfg: config.Finetune) -> Path:
@@ -178,6 +184,7 @@ class Collector:
             camera=cfg.camera,
             max_steps=cfg.max_episode_steps,
             fast_render=cfg.fast_render,
+            action_repeat=cfg.action_repeat,
         )
 
     def reset(self, index: int) -> None:

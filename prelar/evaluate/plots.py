@@ -76,21 +76,32 @@ def _band(ax, frame: pd.DataFrame, x: str, y: str, color, label: str, dashed: bo
 
 
 def band_panels(
-    table: pd.DataFrame, x: str, y: str, panel: str | None, xlabel: str, ylabel: str, title: str
+    table: pd.DataFrame,
+    x: str,
+    y: str,
+    panel: str | None,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    sharey: bool = True,
+    yardsticks: dict[str, float] | None = None,
 ) -> Figure:
-    """Lines with interval bands per method (columns x, method, y, low, high), one panel per `panel` value.
+    """Lines with interval bands per method (columns x, method, y, low, high), one panel per `panel` value,
+    with a panel's yardstick (`yardsticks[panel value]`) as a grey dashed line.
 
     Methods labelled "(published)" are dashed.
     """
     panels = sorted(table[panel].unique()) if panel else [None]
     cols = min(3, len(panels))
     rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), squeeze=False, sharey=sharey)
     colors = _colors(sorted(table["method"].unique()))
     for ax, name in zip(axes.flat, panels, strict=False):
         part = table if name is None else table[table[panel] == name]
         for method, frame in part.groupby("method", sort=True):
             _band(ax, frame, x, y, colors[method], method, dashed=method.endswith("(published)"))
+        if yardsticks and name in yardsticks:
+            ax.axhline(yardsticks[name], color="grey", lw=0.9, ls="--")
         ax.set_title(name if name is not None else title, fontsize=10)
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)

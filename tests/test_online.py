@@ -1,0 +1,96 @@
+"""`prelar online`: fine-tuning runs per method and seed, their random-policy yardstick, figure and tables."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from prelar import checkpoint, cli, config, online
+from prelar.agent.finetune import Collector
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_summary_finds_first_success_and_pairs_methods_by_seed():
+    curves = pd.DataFrame({
+        "method": ["dreamerv2"] * 4 + ["prelar"] * 4,
+        "seed": [0, 0, 1, 1] * 2,
+        "env_step": [100, 200] * 4,
+        "success": [0.0, 0.0, 0.0, 0.2, 0.1, 0.5, 0.0, 0.3],
+        "return": [10.0, 20.0, 10.0, 30.0, 15.0, 40.0, 12.0, 35.0],
+    })
+    rows = online.summarize(curves).set_index(["method", "seed"])
+    assert np.isinf(rows.loc[("dreamerv2", 0), "first_success_at"])
+    assert rows.loc[("dreamerv2", 1), "first_success_at"] == 200
+    assert rows.loc[("prelar", 0), "first_success_at"] == 100
+    assert rows.loc[("prelar", 0), "mean_success"] == pytest.approx(0.3)
+    versus = online.differences(online.summarize(curves), "dreamerv2").set_index("measurement")
+    final = versus.loc["final_success"]  # seed 0: 0.5 - 0, seed 1: 0.3 - 0.2
+    assert final["seeds"] == 2 and final["mean"] == pytest.approx(0.3)
+    assert (final["low"], final["high"]) == pytest.approx((0.1, 0.5))  # 2 seeds: min and max
+    bands = online.bands(curves)
+    point = bands.set_index(["method", "env_step", "measurement"]).loc[("prelar", 200, "return")]
+    assert point["value"] == pytest.approx(37.5)
+
+
+def test_online_values_must_be_plain_finetune_parameters():
+    with pytest.raises(ValueError, match="method, seed, out and pretrained are the study's"):
+        config.Online(finetune={"method": "apv"})
+    with pytest.raises(ValueError, match="not plain finetune parameters"):
+        config.Online(finetune={"action_repeats": 2})
+    with pytest.raises(ValueError, match="action_repeat"):
+        config.Online(finetune={"action_repeat": 0})
+    with pytest.raises(ValueError, match="nope"):
+        config.Online(methods=["dreamerv2", "nope"])
+
+
+def test_random_policy_runs_the_task_as_the_study_does():
+    cfg = config.Finetune(task="reach-v3", action_repeat=3, max_episode_steps=6)
+    collector = Collector(cfg, seed_stream=online.RANDOM_STREAM)
+    assert collector.env.action_repeat == 3 and collector.env.sawyer.max_path_length == 18
+    collector.close()
+    yardstick = online.random_policy(cfg, episodes=2)
+    assert yardstick["episodes"] == 2 and 0.0 <= yardstick["success"] <= 1.0
+    assert yardstick["return"] > 0  # Meta-world's shaped rewards are positive
+    assert online.random_policy(cfg, episodes=2) == yardstick  # its own seeds: the same episodes
+
+
+def test_online_runs_each_method_and_seed_then_writes_curves_and_summary(pretrained, tmp_path, monkeypatch):
+    folder = tmp_path / "runs/pretrain/prelar"  # where the default pipeline leaves PreLAR's checkpoint
+    folder.mkdir(parents=True)
+    shutil.copy(pretrained["prelar"], folder / checkpoint.FILENAME)
+    monkeypatch.chdir(tmp_path)
+    common = [
+        "--params", str(ROOT / "params.yaml"), "--profile", "tiny",
+        "--set", "online.finetune={task: reach-v3, action_repeat: 2, max_episode_steps: 9, "
+                 "segment_length: 8, env_steps: 18, prefill: 9, train_every: 3, eval_every: 9, "
+                 "eval_episodes: 1, log_every: 9}",
+        "--set", "online.seeds=[0, 1]", "--set", "online.random_episodes=2",
+        "--set", f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        "--methods", "dreamerv2", "prelar",
+    ]  # fmt: skip
+    assert cli.main(["online", *common]) == 0
+    docs = tmp_path / "docs/online"
+    curves = pd.read_csv(docs / "curves.csv")
+    runs = sorted(set(zip(curves["method"], curves["seed"], curves["env_step"], strict=True)))
+    assert runs == [(m, s, step) for m in ("dreamerv2", "prelar") for s in (0, 1) for step in (9, 18)]
+    saved = checkpoint.load(tmp_path / "runs/online/prelar/seed1/checkpoint.pt")
+    ran = saved["extra"]["finetune"]
+    assert (ran["task"], ran["action_repeat"], ran["seed"], ran["method"]) == ("reach-v3", 2, 1, "prelar")
+    assert saved["extra"]["pretrained"] == str(Path("runs/pretrain/prelar") / checkpoint.FILENAME)
+    metrics = json.loads((docs / "summary.json").read_text())  # what `dvc metrics show` reads
+    assert metrics["task"] == "reach-v3" and metrics["random_policy"]["episodes"] == 2
+    assert set(metrics["methods"]) == {"dreamerv2", "prelar"} and metrics["methods"]["prelar"]["seeds"] == 2
+    versus = metrics["minus_dreamerv2"]["prelar"]["mean_return"]
+    means = {m: metrics["methods"][m]["mean_return"]["mean"] for m in ("prelar", "dreamerv2")}
+    assert versus["seeds"] == 2 and versus["mean"] == pytest.approx(means["prelar"] - means["dreamerv2"])
+    summary = (docs / "summary.md").read_text()
+    assert "| prelar | 0,1 |" in summary and "Yardstick: a uniformly random policy, 2 episodes" in summary
+    assert (docs / "success_curves.png").stat().st_size > 10_000
+    # a complete study is not run again: only the summary is rewritten
+    before = (tmp_path / "runs/online/prelar/seed0/checkpoint.pt").stat().st_mtime_ns
+    assert cli.main(["online", "--summary-only", *common]) == 0
+    assert (tmp_path / "runs/online/prelar/seed0/checkpoint.pt").stat().st_mtime_ns == before
