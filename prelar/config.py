@@ -330,6 +330,29 @@ class Report(_Section):
     gifs_per_method: int = 2  # GIF artifacts (sample predictions) embedded per method
 
 
+def typed_values(
+    section: type[BaseModel], values: dict[str, Any], allowed: set[str], name: str
+) -> dict[str, Any]:
+    """`values` for some fields of `section` (only `allowed` ones), each checked and converted as the section
+    types it: a ValueError naming the unknown keys or the bad values."""
+    unknown = sorted(set(values) - allowed)
+    if unknown:
+        raise ValueError(f"{unknown} are not {name} parameters that may be set here ({sorted(allowed)})")
+    try:
+        typed = section.model_validate(values)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        raise ValueError(problems) from None
+    return {key: getattr(typed, key) for key in values}
+
+
+def _unique(values: list) -> list:
+    repeated = sorted({str(v) for v in values if values.count(v) > 1})
+    if repeated:
+        raise ValueError(f"{repeated} appear more than once")
+    return values
+
+
 class StudyRun(_Section):
     """One run of the study: a pre-training variant (prelar/methods.py) and `model` values on top of it."""
 
@@ -371,18 +394,10 @@ class Study(_Section):
     @field_validator("data")
     @classmethod
     def _metaworld_values(cls, data: dict[str, Any]) -> dict[str, Any]:
-        unknown = sorted(set(data) - set(MetaworldSource.model_fields))
-        if unknown:
-            known = sorted(MetaworldSource.model_fields)
-            raise ValueError(f"{unknown} are not data.metaworld parameters ({known})")
+        data = typed_values(MetaworldSource, data, set(MetaworldSource.model_fields), "data.metaworld")
         if "out" not in data:
             raise ValueError("needs its own `out` shard folder (the default shards must stay as they are)")
-        try:
-            typed = MetaworldSource.model_validate(data)
-        except ValidationError as err:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-            raise ValueError(problems) from None
-        return {key: getattr(typed, key) for key in data}
+        return data
 
     def source(self, base: MetaworldSource) -> MetaworldSource:
         """The study's Meta-world source: `base` (data.metaworld) with the values of `data`; a ConfigError
@@ -405,22 +420,21 @@ class Online(_Section):
     """The online RL study (`prelar online`, pipelines/online/dvc.yaml): each of `methods` x `seeds`
     fine-tuned on one task with the values of `finetune` on top of the `finetune` section (the pre-trained
     checkpoints of the default pipeline), into `out/<method>/seed<seed>`; success and return curves with
-    95% intervals over seeds beside a uniformly random policy (`random_episodes` episodes), in `docs`."""
+    95% intervals over seeds beside a uniformly random policy on the same evaluation episodes, in `docs`."""
 
     finetune: dict[str, Any] = {
         "task": "reach-v3",
         "action_repeat": 2,
         "max_episode_steps": 50,
-        "env_steps": 4000,
+        "env_steps": 3000,
         "prefill": 500,
         "train_every": 5,
         "eval_every": 500,
         "eval_episodes": 10,
         "log_every": 500,
     }
-    methods: list[str] = ["dreamerv2", "apv", "prelar"]
+    methods: list[str] = Field(["dreamerv2", "apv", "prelar"], min_length=1)
     seeds: list[int] = Field([0, 1, 2], min_length=1)
-    random_episodes: PositiveInt = 30
     experiment: str = "prelar-online"  # the MLflow experiment of its runs
     out: str = "runs/online"
     docs: str = "docs/online"  # success_curves.png, curves.csv, summary.md / .json
@@ -430,24 +444,19 @@ class Online(_Section):
     def _registered_methods(cls, names: list[str]) -> list[str]:
         for name in names:
             registry.method(name)
-        return names
+        return _unique(names)
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique_seeds(cls, seeds: list[int]) -> list[int]:
+        return _unique(seeds)
 
     @field_validator("finetune")
     @classmethod
     def _finetune_values(cls, values: dict[str, Any]) -> dict[str, Any]:
+        # method, seed, out and pretrained are the study's; the nested sections stay as in `finetune`
         own = {"method", "seed", "out", "pretrained", "matrix", "bonus", "behavior"}
-        unknown = sorted(set(values) - (set(Finetune.model_fields) - own))
-        if unknown:
-            raise ValueError(
-                f"{unknown}: not plain finetune parameters that the study may set (method, seed, out and "
-                "pretrained are the study's; the nested sections stay as in `finetune`)"
-            )
-        try:
-            typed = Finetune.model_validate(values)
-        except ValidationError as err:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-            raise ValueError(problems) from None
-        return {key: getattr(typed, key) for key in values}
+        return typed_values(Finetune, values, set(Finetune.model_fields) - own, "plain finetune")
 
 
 class Params(_Section):

@@ -3,7 +3,9 @@
 top of the `finetune` section, from the default pipeline's pre-trained checkpoints, into
 `online.out/<method>/seed<seed>` and MLflow experiment `online.experiment`; a run already complete is not
 run again (an interrupted run resumes from its checkpoint). Its yardstick: a uniformly random policy on the
-same task, over `online.random_episodes` episodes. Then, in `online.docs`:
+same evaluation episodes (every evaluation of every seed). Then, from every complete run on disk of
+`online.methods` x `online.seeds` (a run folder that ran with other parameters is an error; unfinished runs
+are left out and listed), in `online.docs`:
 
 - `success_curves.png`: success rate and return against env steps, the mean over seeds with its 95%
   interval per method, the random policy as a grey line;
@@ -24,16 +26,22 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from prelar import config
-from prelar.over_seeds import cell, estimate, interval, json_value, markdown
+from prelar import config, seeding
+from prelar.over_seeds import cell, estimate, interval, json_value, markdown, paired_differences
 
 REFERENCE = "dreamerv2"  # the method every other is compared with, seed by seed: no pre-training
 MEASURED = ("final_success", "mean_success", "final_return", "mean_return")
-RANDOM_STREAM = 4  # seed stream of the random policy's episodes (finetune's collector 2, evaluator 3)
+RATE = (0.0, 1.0)  # a success rate's range: its intervals are clipped to it
+BOUNDS = {"final_success": RATE, "mean_success": RATE}
+RANDOM_ACTIONS = 4  # seed stream of the random policy's actions (finetune's streams are 0-3)
+# finetune parameters that do not change what a run learns or how it is evaluated
+UNCOMPARED = {"out", "log_every", "checkpoint_every", "device", "video_fps", "pretrained", "env_steps"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--methods", nargs="+", default=None, help="only these methods of online.methods")
+    parser.add_argument(
+        "--methods", nargs="+", default=None, help="run only these of online.methods (the summary: all)"
+    )
     parser.add_argument(
         "--summary-only", action="store_true", help="only redraw the figure and tables from the runs on disk"
     )
@@ -63,6 +71,12 @@ def run(params: config.Params, args: argparse.Namespace) -> int:
     unknown = sorted(set(chosen) - set(online.methods))
     if unknown:
         raise config.ConfigError(f"--methods: {unknown} are not in online.methods ({online.methods})")
+    base = run_params(params, online.methods[0], online.seeds[0]).finetune
+    if base.eval_every > base.env_steps:
+        raise config.ConfigError(
+            f"online.finetune: eval_every {base.eval_every} > env_steps {base.env_steps}: the runs would "
+            "have no evaluation; lower eval_every"
+        )
     if not args.summary_only:
         from prelar.agent.finetune import finetune
 
@@ -70,49 +84,76 @@ def run(params: config.Params, args: argparse.Namespace) -> int:
             for method in chosen:
                 print(f"online: {method} seed {seed}", flush=True)
                 finetune(run_params(params, method, seed), run_folder(params, method, seed))
-    curves = collect(params, chosen)
-    base = run_params(params, online.methods[0], online.seeds[0]).finetune
-    yardstick = random_policy(base, online.random_episodes)
-    written = write_summary(curves, Path(online.docs), yardstick, base)
+    curves, unfinished = collect(params)
+    for folder in unfinished:
+        print(f"online: {folder} is not finished (left out of the summary); run `prelar online` to finish it")
+    yardstick = random_policy(base, online.seeds)
+    written = write_summary(curves, Path(online.docs), yardstick, base, unfinished)
     print(f"online: {', '.join(str(p) for p in written)}")
     return 0
 
 
-def collect(params: config.Params, methods: list[str]) -> pd.DataFrame:
-    """Every evaluation of the runs on disk: method, seed, env_step, success, return."""
+def collect(params: config.Params) -> tuple[pd.DataFrame, list[str]]:
+    """Every evaluation of the complete runs on disk (method, seed, env_step, success, return), up to
+    `env_steps`, and the folders of unfinished runs. A run that ran with other parameters than the study's
+    now is a ConfigError naming its folder."""
+    from prelar import checkpoint
     from prelar.agent.finetune import CURVE
 
-    tables = []
-    for method in methods:
+    tables, unfinished = [], []
+    for method in params.online.methods:
         for seed in params.online.seeds:
-            path = run_folder(params, method, seed) / CURVE
-            if path.exists():
-                tables.append(pd.read_csv(path).assign(method=method, seed=seed))
+            folder = run_folder(params, method, seed)
+            if not (folder / CURVE).exists():
+                continue
+            cfg = run_params(params, method, seed).finetune
+            ran = checkpoint.load(folder / checkpoint.FILENAME, map_location="cpu")["extra"]["finetune"]
+            now = cfg.model_dump()
+            changed = sorted(k for k in now if k not in UNCOMPARED and ran.get(k) != now[k])
+            if changed:
+                raise config.ConfigError(
+                    f"{folder}: ran with other parameters ("
+                    + ", ".join(f"finetune.{k}: {ran.get(k)!r}, now {now[k]!r}" for k in changed)
+                    + "); delete the folder to run it again, or give online.out another folder"
+                )
+            curve = pd.read_csv(folder / CURVE)
+            if curve.empty or curve["env_step"].max() < cfg.env_steps:
+                unfinished.append(str(folder))
+                continue
+            tables.append(curve[curve["env_step"] <= cfg.env_steps].assign(method=method, seed=seed))
     if not tables:
         raise config.ConfigError(
-            f"no success curves under {params.online.out}/<method>/seed<seed>/{CURVE}: "
+            f"no complete runs under {params.online.out}/<method>/seed<seed>/{CURVE}: "
             "run `prelar online` first"
         )
     table = pd.concat(tables, ignore_index=True)
-    return table[["method", "seed", "env_step", "success", "return"]]
+    return table[["method", "seed", "env_step", "success", "return"]], unfinished
 
 
-def random_policy(cfg: config.Finetune, episodes: int) -> dict[str, float]:
-    """The yardstick: success rate and mean return of uniformly random actions in `episodes` episodes of the
-    task as `cfg` runs it (the same length and action repeat; episodes of their own seed stream)."""
-    from prelar.agent.finetune import Collector
+def random_policy(cfg: config.Finetune, seeds: list[int]) -> dict[str, float]:
+    """The yardstick: success rate and mean return of uniformly random actions on the evaluation episodes
+    of `cfg` (every evaluation, `eval_episodes` each) for each of `seeds`: the episodes the agents are
+    evaluated on, as `cfg` runs them (length, action repeat)."""
+    from prelar.agent.finetune import ACTION_DIM, EVAL_STREAM, Collector, evaluation_index
 
-    rng = np.random.default_rng(cfg.seed)
     successes, returns = [], []
-    with contextlib.closing(Collector(cfg, seed_stream=RANDOM_STREAM)) as collector:
-        for index in range(episodes):
-            collector.reset(index)
-            while not collector.step(rng.uniform(-1, 1, 4).astype(np.float32)):
-                pass
-            episode = collector.episode()
-            successes.append(float(episode.success.any()))
-            returns.append(float(episode.rewards.sum()))
-    return {"episodes": episodes, "success": float(np.mean(successes)), "return": float(np.mean(returns))}
+    for seed in seeds:
+        seeded = cfg.model_copy(update={"seed": seed})
+        rng = np.random.default_rng(seeding.mix(seed, RANDOM_ACTIONS))
+        with contextlib.closing(Collector(seeded, seed_stream=EVAL_STREAM)) as collector:
+            for step in range(cfg.eval_every, cfg.env_steps + 1, cfg.eval_every):
+                for i in range(cfg.eval_episodes):
+                    collector.reset(evaluation_index(step, i))
+                    while not collector.step(rng.uniform(-1, 1, ACTION_DIM).astype(np.float32)):
+                        pass
+                    episode = collector.episode()
+                    successes.append(float(episode.success.any()))
+                    returns.append(float(episode.rewards.sum()))
+    return {
+        "episodes": len(successes),
+        "success": float(np.mean(successes)),
+        "return": float(np.mean(returns)),
+    }
 
 
 def summarize(curves: pd.DataFrame) -> pd.DataFrame:
@@ -136,21 +177,9 @@ def summarize(curves: pd.DataFrame) -> pd.DataFrame:
 
 
 def differences(per_seed: pd.DataFrame, reference: str) -> pd.DataFrame:
-    """Each method minus `reference`, paired by seed among seeds run for as many env steps: rows method,
-    measurement, seeds, mean, low, high (`interval` of the differences)."""
-    rows = []
-    base = per_seed[per_seed["method"] == reference].set_index("seed")
-    for method, frame in per_seed[per_seed["method"] != reference].groupby("method", sort=False):
-        frame = frame.set_index("seed")
-        common = frame.index.intersection(base.index)
-        common = common[frame.loc[common, "env_steps"].to_numpy() == base.loc[common, "env_steps"].to_numpy()]
-        for key in MEASURED:
-            if common.empty:
-                continue
-            mean, low, high = interval(frame.loc[common, key] - base.loc[common, key])
-            rows.append({"method": method, "measurement": key, "seeds": len(common), "mean": mean,
-                         "low": low, "high": high})
-    return pd.DataFrame(rows, columns=["method", "measurement", "seeds", "mean", "low", "high"])
+    """Each method minus `reference`, paired by seed (the same seed: the same evaluation episodes) among
+    seeds run for as many env steps (`over_seeds.paired_differences`)."""
+    return paired_differences(per_seed, "method", reference, "env_steps", MEASURED)
 
 
 def bands(curves: pd.DataFrame) -> pd.DataFrame:
@@ -158,24 +187,29 @@ def bands(curves: pd.DataFrame) -> pd.DataFrame:
     env_step, measurement, value, low, high)."""
     rows = []
     for (method, step), frame in curves.groupby(["method", "env_step"], sort=True):
-        for key, label in (("success", "success rate"), ("return", "return")):
-            mean, low, high = interval(frame[key])
+        for key, label, bounds in (("success", "success rate", RATE), ("return", "return", None)):
+            mean, low, high = interval(frame[key], bounds)
             rows.append({"method": method, "env_step": step, "measurement": label, "value": mean,
                          "low": low, "high": high})
     return pd.DataFrame(rows)
 
 
 def write_summary(
-    curves: pd.DataFrame, docs: Path, yardstick: dict[str, float], cfg: config.Finetune
+    curves: pd.DataFrame,
+    docs: Path,
+    yardstick: dict[str, float],
+    cfg: config.Finetune,
+    unfinished: list[str] = (),
 ) -> list[Path]:
-    """The figure and tables in `docs`, beside the random policy's `yardstick`; returns their paths."""
+    """The figure and tables in `docs`, beside the random policy's `yardstick` (and the `unfinished` runs
+    left out); returns their paths."""
     from prelar.evaluate import plots
 
     docs.mkdir(parents=True, exist_ok=True)
     paths = [docs / name for name in ("success_curves.png", "curves.csv", "summary.md", "summary.json")]
     title = (
         f"{cfg.task}: {cfg.max_episode_steps}-step episodes, action repeat {cfg.action_repeat}; mean over "
-        "seeds, 95% t-interval; grey: random policy"
+        "seeds, 95% t-interval (2 seeds: min-max); grey: random policy"
     )
     figure = plots.band_panels(
         bands(curves), "env_step", "value", "measurement", "env steps", "", title, sharey=False,
@@ -186,28 +220,31 @@ def write_summary(
     per_seed = summarize(curves)
     columns = [c for c in per_seed.columns if c not in ("method", "seed")]
     grouped = per_seed.groupby("method", sort=False)
-    table = grouped[columns].agg(cell).reset_index()
+    table = grouped[columns].agg({c: lambda v, c=c: cell(v, BOUNDS.get(c)) for c in columns}).reset_index()
     table.insert(1, "seeds", grouped["seed"].agg(lambda s: ",".join(str(v) for v in sorted(s))).to_numpy())
     compared = differences(per_seed, REFERENCE)
     versus = compared.assign(
         difference=[estimate(r.mean, r.low, r.high, r.seeds) for r in compared.itertuples()]
     ).pivot(index="method", columns="measurement", values="difference")
-    versus = versus.reindex(columns=[c for c in MEASURED if c in versus])
+    order = [method for method in table["method"] if method in versus.index]
+    versus = versus.reindex(index=order, columns=[c for c in MEASURED if c in versus])
     paths[2].write_text(
         f"Online RL on {cfg.task}: {cfg.env_steps:,} env steps of {cfg.action_repeat} simulator steps, "
         f"episodes of {cfg.max_episode_steps} env steps, one update every {cfg.train_every} env steps after "
         f"{cfg.prefill} random ones; success = any step of an evaluation episode (the actor's mode, "
         f"{cfg.eval_episodes} episodes every {cfg.eval_every} env steps).\n\n"
-        f"Yardstick: a uniformly random policy, {yardstick['episodes']} episodes: success "
-        f"{yardstick['success']:.3g}, return {yardstick['return']:.3g}.\n\n"
-        "Per method: mean over its seeds [95% Student-t interval over seeds; with 2 seeds, min and max]; "
+        f"Yardstick: a uniformly random policy on the same evaluation episodes ({yardstick['episodes']}): "
+        f"success {yardstick['success']:.3g}, return {yardstick['return']:.3g}.\n\n"
+        + "".join(f"Not finished, left out: {folder}.\n\n" for folder in unfinished)
+        + "Per method: mean over its seeds [95% Student-t interval over seeds, success rates clipped to "
+        "[0, 1]; with 2 seeds, min and max]; "
         '`first_success_at`: the first evaluation with non-zero success, "k/n seeds" when only k of n seeds '
         'got there, "never" when none did; `mean_*`: over the run\'s evaluations (the area under its '
         "curve).\n\n"
         + markdown(table)
         + (
             f"\n\nEach method minus `{REFERENCE}` (no pre-training), seed by seed (the same seed: the same "
-            "evaluation episodes): mean difference [95% Student-t interval].\n\n"
+            "evaluation episodes): mean difference [95% Student-t interval; with 2 seeds, min and max].\n\n"
             + markdown(versus.reset_index())
             if len(versus)
             else ""
@@ -217,8 +254,9 @@ def write_summary(
     summary: dict[str, Any] = {
         "task": cfg.task,
         "random_policy": yardstick,
+        "unfinished": list(unfinished),
         "methods": {
-            method: {"seeds": len(frame), **{c: json_value(frame[c]) for c in columns}}
+            method: {"seeds": len(frame), **{c: json_value(frame[c], BOUNDS.get(c)) for c in columns}}
             for method, frame in grouped
         },
         f"minus_{REFERENCE}": {

@@ -10,23 +10,29 @@ from scipy import stats
 CONFIDENCE = 0.95  # of the intervals over seeds
 
 
-def interval(values: pd.Series) -> tuple[float, float, float]:
-    """(mean, low, high) over seeds: with 3+ seeds the 95% Student-t interval of the mean, with 2 their
-    [min, max], with 1 the value itself."""
+Bounds = tuple[float, float] | None  # the range a measurement cannot leave (a success rate: 0 to 1)
+
+
+def interval(values: pd.Series, bounds: Bounds = None) -> tuple[float, float, float]:
+    """(mean, low, high) over seeds: with 3+ seeds the 95% Student-t interval of the mean (clipped to
+    `bounds`), with 2 their [min, max], with 1 the value itself."""
     mean = float(values.mean())
     if len(values) == 1:
         return mean, mean, mean
     if len(values) == 2:
         return mean, float(values.min()), float(values.max())
     half = stats.t.ppf(0.5 + CONFIDENCE / 2, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
-    return mean, mean - half, mean + half
+    low, high = mean - half, mean + half
+    if bounds is not None:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return mean, float(low), float(high)
 
 
 def _fmt(v: float) -> str:
     return f"{v:,.0f}" if float(v).is_integer() and abs(v) >= 1 else f"{v:.3g}"
 
 
-def cell(values: pd.Series) -> str:
+def cell(values: pd.Series, bounds: Bounds = None) -> str:
     """Over seeds: the mean [its `interval`]; for a first update, "never" when no seed got there and "k/n
     seeds: mean" when only k did; "—" for a measurement the run does not have (APV's probe)."""
     values = values.dropna()
@@ -37,7 +43,7 @@ def cell(values: pd.Series) -> str:
         return "never"
     if len(reached) < len(values):
         return f"{len(reached)}/{len(values)} seeds: {_fmt(reached.mean())}"
-    return estimate(*interval(values), len(values))
+    return estimate(*interval(values, bounds), len(values))
 
 
 def estimate(mean: float, low: float, high: float, seeds: int) -> str:
@@ -45,7 +51,7 @@ def estimate(mean: float, low: float, high: float, seeds: int) -> str:
     return _fmt(mean) if seeds == 1 else f"{_fmt(mean)} [{_fmt(low)}, {_fmt(high)}]"
 
 
-def json_value(values: pd.Series) -> dict[str, float | int | None] | None:
+def json_value(values: pd.Series, bounds: Bounds = None) -> dict[str, float | int | None] | None:
     """A measurement over seeds for the metrics JSON, always {seeds, reached, mean, low, high}: `reached` the
     seeds with a finite value (for a first update: those that got there), the rest its `interval` over them;
     null where there is none. None for a measurement the run does not have."""
@@ -53,8 +59,31 @@ def json_value(values: pd.Series) -> dict[str, float | int | None] | None:
     if values.empty:
         return None
     reached = values[np.isfinite(values)]
-    mean, low, high = interval(reached) if len(reached) else (None, None, None)
+    mean, low, high = interval(reached, bounds) if len(reached) else (None, None, None)
     return {"seeds": len(values), "reached": len(reached), "mean": mean, "low": low, "high": high}
+
+
+def paired_differences(
+    per_seed: pd.DataFrame, by: str, reference: str, length: str, measured: tuple[str, ...]
+) -> pd.DataFrame:
+    """Each `by` group (a run, a method) minus `reference`, paired by seed among seeds that ran as long
+    (equal `length` column), on the `measured` columns: rows <by>, measurement, seeds, mean, low, high
+    (`interval` of the differences)."""
+    rows = []
+    base = per_seed[per_seed[by] == reference].set_index("seed")
+    for name, frame in per_seed[per_seed[by] != reference].groupby(by, sort=False):
+        frame = frame.set_index("seed")
+        common = frame.index.intersection(base.index)
+        common = common[frame.loc[common, length].to_numpy() == base.loc[common, length].to_numpy()]
+        for key in measured:
+            if key not in frame or key not in base or common.empty:
+                continue
+            diff = (frame.loc[common, key] - base.loc[common, key]).dropna()
+            if not diff.empty:
+                mean, low, high = interval(diff)
+                rows.append({by: name, "measurement": key, "seeds": len(diff), "mean": float(mean),
+                             "low": float(low), "high": float(high)})
+    return pd.DataFrame(rows, columns=[by, "measurement", "seeds", "mean", "low", "high"])
 
 
 def markdown(table: pd.DataFrame) -> str:

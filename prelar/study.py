@@ -27,7 +27,7 @@ import pandas as pd
 from prelar import config
 from prelar import metrics as names
 from prelar.evaluate.probe import pixel_difference_probe, probe_clips
-from prelar.over_seeds import cell, estimate, interval, json_value, markdown
+from prelar.over_seeds import cell, estimate, json_value, markdown, paired_differences
 
 PROBE_TARGET = 0.5  # "informative": the probe explains half of the true action's variance
 REFERENCE = "prelar"  # the run every other run is compared with, seed by seed
@@ -175,22 +175,8 @@ def summarize(points: pd.DataFrame) -> pd.DataFrame:
 def differences(per_seed: pd.DataFrame, reference: str) -> pd.DataFrame:
     """Each run minus `reference`, paired by seed (the same seed: the same batches, and the same
     initialisation of the modules they share) among seeds run for as many updates, on the final COMPARED
-    measurements: rows run, measurement, seeds, mean, low, high (`interval` of the differences)."""
-    rows = []
-    base = per_seed[per_seed["run"] == reference].set_index("seed")
-    for name, frame in per_seed[per_seed["run"] != reference].groupby("run", sort=False):
-        frame = frame.set_index("seed")
-        common = frame.index.intersection(base.index)
-        common = common[frame.loc[common, "updates"].to_numpy() == base.loc[common, "updates"].to_numpy()]
-        for key in COMPARED:
-            if key not in frame or key not in base or common.empty:
-                continue
-            diff = (frame.loc[common, key] - base.loc[common, key]).dropna()
-            if not diff.empty:
-                mean, low, high = interval(diff)
-                rows.append({"run": name, "measurement": key, "seeds": len(diff), "mean": float(mean),
-                             "low": float(low), "high": float(high)})
-    return pd.DataFrame(rows, columns=["run", "measurement", "seeds", "mean", "low", "high"])
+    measurements (`over_seeds.paired_differences`)."""
+    return paired_differences(per_seed, "run", reference, "updates", COMPARED)
 
 
 def write_summary(points: pd.DataFrame, docs: Path, pixel_r2: float) -> list[Path]:

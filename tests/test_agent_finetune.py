@@ -225,3 +225,14 @@ def test_killed_run_resumes_with_consistent_counters_and_replay(store, tmp_path)
     replay = Replay(1000, 8, out / "replay")
     replay.restore(4)
     assert replay.steps == total + 4  # 4 episodes of 9 steps, 10 frames each
+
+
+def test_a_run_saved_before_a_parameter_existed_resumes_when_it_has_its_default(tmp_path):
+    from prelar.agent.finetune import _check_resumable
+
+    cfg = config.Finetune()
+    saved = {k: v for k, v in cfg.model_dump().items() if k != "action_repeat"}  # an older checkpoint
+    _check_resumable(tmp_path / "checkpoint.pt", {"extra": {"finetune": saved}}, cfg)  # held the default, 1
+    with pytest.raises(config.ConfigError, match=r"finetune.action_repeat: 1 → 2"):
+        _check_resumable(tmp_path / "checkpoint.pt", {"extra": {"finetune": saved}},
+                         cfg.model_copy(update={"action_repeat": 2}))

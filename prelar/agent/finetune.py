@@ -41,6 +41,9 @@ from prelar.agent.replay import Episode, Replay
 from prelar.world_model import WorldModel, evaluating
 
 CURVE = "curve.csv"
+# Seed streams (`seeding.mix(seed, stream, ...)`): the torch seed, the numpy generator of random actions and
+# replay sampling, the training episodes, the evaluation episodes.
+TORCH_STREAM, NUMPY_STREAM, TRAIN_STREAM, EVAL_STREAM = 0, 1, 2, 3
 # Finetune parameters that may change between a run and its resumption (they do not alter what is learnt).
 RESUMABLE = {
     "env_steps",
@@ -284,7 +287,7 @@ def finetune(
     ckpt = checkpoint.load(path, map_location=dev) if path.exists() else None
     if ckpt is not None:
         _check_resumable(path, ckpt, cfg)
-    torch.manual_seed(seeding.mix(cfg.seed, 0))
+    torch.manual_seed(seeding.mix(cfg.seed, TORCH_STREAM))
     if ckpt is None:
         pretrained, pre_ckpt = load_pretrained(cfg.method, cfg.pretrained, params.model)
         extra: dict[str, Any] = {
@@ -311,7 +314,7 @@ def finetune(
         pretrained = None if saved is None else WorldModel(config.Model(**saved))
     agent = Agent(params, pretrained, dev)
     replay = Replay(cfg.replay_capacity, cfg.segment_length, out / "replay")
-    rng = np.random.default_rng(seeding.mix(cfg.seed, 1))
+    rng = np.random.default_rng(seeding.mix(cfg.seed, NUMPY_STREAM))
     step = 0
     if ckpt is not None:
         agent.load_state_dict(ckpt["model"])
@@ -355,8 +358,8 @@ def finetune(
         if on_checkpoint is not None:
             on_checkpoint(step)
 
-    collector = Collector(cfg, seed_stream=2)
-    evaluator = Collector(cfg, seed_stream=3)
+    collector = Collector(cfg, seed_stream=TRAIN_STREAM)
+    evaluator = Collector(cfg, seed_stream=EVAL_STREAM)
     collector.reset(replay.added)
     means, perf = _Means(), _Means()
     episode_return, last_saved = 0.0, step
@@ -451,7 +454,7 @@ def evaluate(agent: Agent, evaluator: Collector, step: int, out: Path, mlflow_ru
     cfg = agent.cfg
     returns, successes = [], []
     for i in range(cfg.eval_episodes):
-        episode = run_episode(agent, evaluator, index=step * 1000 + i, explore=False)
+        episode = run_episode(agent, evaluator, index=evaluation_index(step, i), explore=False)
         returns.append(float(episode.rewards.sum()))
         successes.append(float(episode.success.any()))
         if i == 0:
@@ -461,6 +464,11 @@ def evaluate(agent: Agent, evaluator: Collector, step: int, out: Path, mlflow_ru
     row = {"env_step": step, "success": float(np.mean(successes)), "return": float(np.mean(returns))}
     mlflow_run.log_metrics({names.SUCCESS_RATE: row["success"], names.RETURN: row["return"]}, step=step)
     return row
+
+
+def evaluation_index(step: int, i: int) -> int:
+    """The episode index (of the EVAL_STREAM) of the `i`-th evaluation episode at env step `step`."""
+    return step * 1000 + i
 
 
 def _write_curve(path: Path, rows: list[dict[str, float]]) -> None:
@@ -474,10 +482,12 @@ def _check_resumable(path: Path, ckpt: dict[str, Any], cfg: config.Finetune) -> 
     """A run folder continues only the run it holds: the learning parameters must be the same."""
     saved = ckpt["extra"].get("finetune", {})
     now = cfg.model_dump()
-    diff = sorted(k for k in now if k not in RESUMABLE and saved.get(k) != now[k])
+    # a key added since the run was saved held its default then
+    defaults = config.Finetune().model_dump()
+    diff = sorted(k for k in now if k not in RESUMABLE and saved.get(k, defaults[k]) != now[k])
     if diff:
         raise config.ConfigError(
             f"{path}: this run folder holds a run with other parameters ("
-            + ", ".join(f"finetune.{k}: {saved.get(k)!r} → {now[k]!r}" for k in diff)
+            + ", ".join(f"finetune.{k}: {saved.get(k, defaults[k])!r} → {now[k]!r}" for k in diff)
             + "); use another --out, or delete the folder to start afresh"
         )
