@@ -27,7 +27,15 @@ import numpy as np
 import pandas as pd
 
 from prelar import config, seeding
-from prelar.over_seeds import cell, estimate, interval, json_value, markdown, paired_differences
+from prelar.over_seeds import (
+    cell,
+    differences_json,
+    estimate,
+    interval,
+    json_value,
+    markdown,
+    paired_differences,
+)
 
 REFERENCE = "dreamerv2"  # the method every other is compared with, seed by seed: no pre-training
 MEASURED = ("final_success", "mean_success", "final_return", "mean_return")
@@ -259,13 +267,7 @@ def write_summary(
             method: {"seeds": len(frame), **{c: json_value(frame[c], BOUNDS.get(c)) for c in columns}}
             for method, frame in grouped
         },
-        f"minus_{REFERENCE}": {
-            method: {
-                row.measurement: {"seeds": int(row.seeds), "mean": row.mean, "low": row.low, "high": row.high}
-                for row in frame.itertuples()
-            }
-            for method, frame in compared.groupby("method", sort=False)
-        },
+        f"minus_{REFERENCE}": differences_json(compared, "method"),
     }
     paths[3].write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
     return paths

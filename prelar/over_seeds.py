@@ -86,6 +86,17 @@ def paired_differences(
     return pd.DataFrame(rows, columns=[by, "measurement", "seeds", "mean", "low", "high"])
 
 
+def differences_json(compared: pd.DataFrame, by: str) -> dict[str, dict[str, dict[str, float | int]]]:
+    """`paired_differences`' rows as {<by>: {measurement: {seeds, mean, low, high}}} (the DVC metrics)."""
+    return {
+        name: {
+            row.measurement: {"seeds": int(row.seeds), "mean": row.mean, "low": row.low, "high": row.high}
+            for row in frame.itertuples()
+        }
+        for name, frame in compared.groupby(by, sort=False)
+    }
+
+
 def markdown(table: pd.DataFrame) -> str:
     return "\n".join([
         "| " + " | ".join(str(c) for c in table.columns) + " |",

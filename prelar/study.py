@@ -27,7 +27,7 @@ import pandas as pd
 from prelar import config
 from prelar import metrics as names
 from prelar.evaluate.probe import pixel_difference_probe, probe_clips
-from prelar.over_seeds import cell, estimate, json_value, markdown, paired_differences
+from prelar.over_seeds import cell, differences_json, estimate, json_value, markdown, paired_differences
 
 PROBE_TARGET = 0.5  # "informative": the probe explains half of the true action's variance
 REFERENCE = "prelar"  # the run every other run is compared with, seed by seed
@@ -230,13 +230,7 @@ def write_summary(points: pd.DataFrame, docs: Path, pixel_r2: float) -> list[Pat
             name: {"seeds": len(frame), **{c: json_value(frame[c]) for c in columns}}
             for name, frame in grouped
         },
-        f"minus_{REFERENCE}": {
-            name: {
-                row.measurement: {"seeds": int(row.seeds), "mean": row.mean, "low": row.low, "high": row.high}
-                for row in frame.itertuples()
-            }
-            for name, frame in compared.groupby("run", sort=False)
-        },
+        f"minus_{REFERENCE}": differences_json(compared, "run"),
         "probe_pixel_difference_r2": pixel_r2 if np.isfinite(pixel_r2) else None,
     }
     paths[4].write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
