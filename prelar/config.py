@@ -426,7 +426,7 @@ class Online(_Section):
         "task": "reach-v3",
         "action_repeat": 2,
         "max_episode_steps": 50,
-        "env_steps": 3000,
+        "env_steps": 2500,
         "prefill": 500,
         "train_every": 5,
         "eval_every": 500,
