@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -37,8 +39,11 @@ from prelar.over_seeds import (
     paired_differences,
 )
 
+if TYPE_CHECKING:
+    from prelar.agent.replay import Episode
+
 REFERENCE = "dreamerv2"  # the method every other is compared with, seed by seed: no pre-training
-MEASURED = ("final_success", "mean_success", "final_return", "mean_return")
+MEASURED = ("final_success", "mean_success", "final_return", "mean_return", "delta_psnr")
 RATE = (0.0, 1.0)  # a success rate's range: its intervals are clipped to it
 BOUNDS = {"final_success": RATE, "mean_success": RATE}
 RANDOM_ACTIONS = 4  # seed stream of the random policy's actions (finetune's streams are 0-3)
@@ -85,6 +90,7 @@ def run(params: config.Params, args: argparse.Namespace) -> int:
             f"online.finetune: eval_every {base.eval_every} > env_steps {base.env_steps}: the runs would "
             "have no evaluation; lower eval_every"
         )
+    windows_per_episode(base, params.evaluate)  # before hours of runs: the summary's ΔPSNR needs a window
     if not args.summary_only:
         from prelar.agent.finetune import finetune
 
@@ -96,7 +102,9 @@ def run(params: config.Params, args: argparse.Namespace) -> int:
     for folder in unfinished:
         print(f"online: {folder} is not finished (left out of the summary); run `prelar online` to finish it")
     yardstick = random_policy(base, online.seeds)
-    written = write_summary(curves, Path(online.docs), yardstick, base, unfinished)
+    runs = list(dict.fromkeys(zip(curves["method"], curves["seed"], strict=True)))
+    sensitivity = action_sensitivity(params, runs)
+    written = write_summary(curves, Path(online.docs), yardstick, base, unfinished, sensitivity)
     print(f"online: {', '.join(str(p) for p in written)}")
     return 0
 
@@ -138,13 +146,12 @@ def collect(params: config.Params) -> tuple[pd.DataFrame, list[str]]:
     return table[["method", "seed", "env_step", "success", "return"]], unfinished
 
 
-def random_policy(cfg: config.Finetune, seeds: list[int]) -> dict[str, float]:
-    """The yardstick: success rate and mean return of uniformly random actions on the evaluation episodes
-    of `cfg` (every evaluation, `eval_episodes` each) for each of `seeds`: the episodes the agents are
-    evaluated on, as `cfg` runs them (length, action repeat)."""
+def random_episodes(cfg: config.Finetune, seeds: list[int]) -> Iterator[Episode]:
+    """Uniformly random actions on the evaluation episodes of `cfg` (every evaluation, `eval_episodes` each)
+    for each of `seeds`: the episodes the agents are evaluated on, as `cfg` runs them (length, action
+    repeat), in that order."""
     from prelar.agent.finetune import ACTION_DIM, EVAL_STREAM, Collector, evaluation_index
 
-    successes, returns = [], []
     for seed in seeds:
         seeded = cfg.model_copy(update={"seed": seed})
         rng = np.random.default_rng(seeding.mix(seed, RANDOM_ACTIONS))
@@ -154,14 +161,62 @@ def random_policy(cfg: config.Finetune, seeds: list[int]) -> dict[str, float]:
                     collector.reset(evaluation_index(step, i))
                     while not collector.step(rng.uniform(-1, 1, ACTION_DIM).astype(np.float32)):
                         pass
-                    episode = collector.episode()
-                    successes.append(float(episode.success.any()))
-                    returns.append(float(episode.rewards.sum()))
+                    yield collector.episode()
+
+
+def random_policy(cfg: config.Finetune, seeds: list[int]) -> dict[str, float]:
+    """The yardstick: success rate and mean return of `random_episodes`."""
+    successes, returns = [], []
+    for episode in random_episodes(cfg, seeds):
+        successes.append(float(episode.success.any()))
+        returns.append(float(episode.rewards.sum()))
     return {
         "episodes": len(successes),
         "success": float(np.mean(successes)),
         "return": float(np.mean(returns)),
     }
+
+
+def windows_per_episode(cfg: config.Finetune, ev: config.Evaluate) -> int:
+    """Open-loop windows of `evaluate.window` frames in one episode of `cfg`; a ConfigError if none fits."""
+    fit = (cfg.max_episode_steps + 1) // ev.window
+    if fit == 0:
+        raise config.ConfigError(
+            f"online.finetune.max_episode_steps: episodes of {cfg.max_episode_steps} steps are shorter than "
+            f"one open-loop window (evaluate.context + evaluate.horizon = {ev.window} frames); lower those "
+            "or lengthen the episodes"
+        )
+    return fit
+
+
+def action_sensitivity(params: config.Params, runs: list[tuple[str, int]]) -> pd.DataFrame:
+    """How much each run's fine-tuned world model listens to the action: `prediction.swapped_action_psnr`
+    (mean over the horizon, dB; 0 = the prediction ignores the action) of its final checkpoint on the same
+    `evaluate.controllability_windows` windows of `evaluate.window` frames for every run, cut from the
+    random policy's episodes of the first seed (real actions, through the method's action encoder where it
+    has one). One row per run: method, seed, delta_psnr."""
+    import torch
+
+    from prelar import checkpoint
+    from prelar.agent.finetune import restored_agent
+    from prelar.evaluate.prediction import swapped_action_psnr, windows
+    from prelar.world_model import evaluating
+
+    ev = params.evaluate
+    base = run_params(params, *runs[0]).finetune
+    needed = -(-ev.controllability_windows // windows_per_episode(base, ev))
+    episodes = list(itertools.islice(random_episodes(base, params.online.seeds[:1]), needed))
+    data = windows([vars(e) for e in episodes], ev.window, ev.controllability_windows)
+    frames, actions = torch.from_numpy(data["frames"]), torch.from_numpy(data["actions"])
+    rows = []
+    for method, seed in runs:
+        ckpt = checkpoint.load(run_folder(params, method, seed) / checkpoint.FILENAME, map_location="cpu")
+        model = restored_agent(run_params(params, method, seed), ckpt, torch.device("cpu")).model
+        with evaluating(model), model.autocast():
+            action = model.latent_action(actions)  # [B, T, L] (L = A without an action encoder)
+            delta = swapped_action_psnr(model.world, frames, action, ev.context)["delta_psnr"]
+        rows.append({"method": method, "seed": seed, "delta_psnr": float(delta.float().mean())})
+    return pd.DataFrame(rows)
 
 
 def summarize(curves: pd.DataFrame) -> pd.DataFrame:
@@ -186,8 +241,9 @@ def summarize(curves: pd.DataFrame) -> pd.DataFrame:
 
 def differences(per_seed: pd.DataFrame, reference: str) -> pd.DataFrame:
     """Each method minus `reference`, paired by seed (the same seed: the same evaluation episodes) among
-    seeds run for as many env steps (`over_seeds.paired_differences`)."""
-    return paired_differences(per_seed, "method", reference, "env_steps", MEASURED)
+    seeds run for as many env steps (`over_seeds.paired_differences`), of the `MEASURED` it has."""
+    measured = tuple(m for m in MEASURED if m in per_seed.columns)
+    return paired_differences(per_seed, "method", reference, "env_steps", measured)
 
 
 def bands(curves: pd.DataFrame) -> pd.DataFrame:
@@ -208,9 +264,10 @@ def write_summary(
     yardstick: dict[str, float],
     cfg: config.Finetune,
     unfinished: list[str] = (),
+    sensitivity: pd.DataFrame | None = None,
 ) -> list[Path]:
     """The figure and tables in `docs`, beside the random policy's `yardstick` (and the `unfinished` runs
-    left out); returns their paths."""
+    left out), with each run's `action_sensitivity` where given; returns their paths."""
     from prelar.evaluate import plots
 
     docs.mkdir(parents=True, exist_ok=True)
@@ -226,6 +283,8 @@ def write_summary(
     paths[0].write_bytes(plots.png_bytes(figure))
     curves.to_csv(paths[1], index=False)
     per_seed = summarize(curves)
+    if sensitivity is not None:
+        per_seed = per_seed.merge(sensitivity, on=["method", "seed"], how="left")
     columns = [c for c in per_seed.columns if c not in ("method", "seed")]
     grouped = per_seed.groupby("method", sort=False)
     table = grouped[columns].agg({c: lambda v, c=c: cell(v, BOUNDS.get(c)) for c in columns}).reset_index()
@@ -248,7 +307,16 @@ def write_summary(
         "[0, 1]; with 2 seeds, min and max]; "
         '`first_success_at`: the first evaluation with non-zero success, "k/n seeds" when only k of n seeds '
         'got there, "never" when none did; `mean_*`: over the run\'s evaluations (the area under its '
-        "curve).\n\n"
+        "curve)"
+        + (
+            "; `delta_psnr`: how much the final world model's open-loop prediction depends on the action, "
+            "its PSNR (dB) with each window's own actions minus with another window's, over the imagined "
+            "frames, on the same windows of the random policy's episodes for every run (0: the action is "
+            "ignored)"
+            if sensitivity is not None
+            else ""
+        )
+        + ".\n\n"
         + markdown(table)
         + (
             f"\n\nEach method minus `{REFERENCE}` (no pre-training), seed by seed (the same seed: the same "

@@ -85,6 +85,7 @@ def test_online_runs_each_method_and_seed_then_writes_curves_and_summary(
                  "segment_length: 8, env_steps: 18, prefill: 9, train_every: 3, eval_every: 9, "
                  "eval_episodes: 1, log_every: 9}",
         "--set", "online.seeds=[0, 1]",
+        "--set", "evaluate.horizon=3",  # open-loop windows of 5 + 3 frames fit the 10 of an episode
         "--set", f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
         "--methods", "dreamerv2", "prelar",
     ]  # fmt: skip
@@ -101,6 +102,9 @@ def test_online_runs_each_method_and_seed_then_writes_curves_and_summary(
     assert metrics["task"] == "reach-v3" and metrics["random_policy"]["episodes"] == 2 * 2  # seeds x evals
     assert metrics["unfinished"] == []
     assert set(metrics["methods"]) == {"dreamerv2", "prelar"} and metrics["methods"]["prelar"]["seeds"] == 2
+    sensitivity = {m: metrics["methods"][m]["delta_psnr"]["mean"] for m in ("prelar", "dreamerv2")}
+    assert all(np.isfinite(v) and v != 0 for v in sensitivity.values())  # the fine-tuned models use actions
+    assert metrics["minus_dreamerv2"]["prelar"]["delta_psnr"]["seeds"] == 2
     versus = metrics["minus_dreamerv2"]["prelar"]["mean_return"]
     means = {m: metrics["methods"][m]["mean_return"]["mean"] for m in ("prelar", "dreamerv2")}
     assert versus["seeds"] == 2 and versus["mean"] == pytest.approx(means["prelar"] - means["dreamerv2"])
@@ -124,3 +128,6 @@ def test_online_runs_each_method_and_seed_then_writes_curves_and_summary(
     assert cli.main(["online", "--summary-only", *common, "--set", "online.finetune.action_repeat=3"]) != 0
     error = capsys.readouterr().err
     assert "dreamerv2/seed0: ran with other parameters (finetune.action_repeat: 2, now 3)" in error
+    # episodes too short for the action-sensitivity windows: said before any run starts
+    assert cli.main(["online", *common, "--set", "evaluate.horizon=6"]) != 0
+    assert "episodes of 9 steps are shorter than one open-loop window" in capsys.readouterr().err

@@ -298,7 +298,8 @@ def finetune(
             "pretrained_step": pre_ckpt.get("step"),
             "pretrained_config": pre_ckpt.get("model_config"),
         }
-    else:  # the architecture from the saved config; every weight from the checkpoint below
+        agent = Agent(params, pretrained, dev)
+    else:
         extra = {
             k: ckpt["extra"][k]
             for k in (
@@ -310,14 +311,11 @@ def finetune(
                 "pretrained_config",
             )
         }
-        saved = extra["pretrained_config"]
-        pretrained = None if saved is None else WorldModel(config.Model(**saved))
-    agent = Agent(params, pretrained, dev)
+        agent = restored_agent(params, ckpt, dev)
     replay = Replay(cfg.replay_capacity, cfg.segment_length, out / "replay")
     rng = np.random.default_rng(seeding.mix(cfg.seed, NUMPY_STREAM))
     step = 0
     if ckpt is not None:
-        agent.load_state_dict(ckpt["model"])
         agent.model.optimizer.load_state_dict(ckpt["optimizer"])
         agent.behavior.load_optimizers_state(ckpt["extra"]["behavior_opt"])
         checkpoint.set_rng_state(ckpt["rng"][0])
@@ -447,6 +445,15 @@ def finetune(
         (out / tracking.METRICS).write_text(json.dumps(result, indent=2) + "\n")
         mlflow_run.log_artifacts([out / tracking.METRICS, out / CURVE])
     return result
+
+
+def restored_agent(params: config.Params, ckpt: dict[str, Any], dev: torch.device) -> Agent:
+    """The agent of a fine-tuning checkpoint: its architecture from the saved pre-trained model config (none
+    for dreamerv2), every weight from the checkpoint."""
+    saved = ckpt["extra"]["pretrained_config"]
+    agent = Agent(params, None if saved is None else WorldModel(config.Model(**saved)), dev)
+    agent.load_state_dict(ckpt["model"])
+    return agent
 
 
 def evaluate(agent: Agent, evaluator: Collector, step: int, out: Path, mlflow_run) -> dict[str, float]:

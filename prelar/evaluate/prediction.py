@@ -7,8 +7,9 @@
 - `open_loop_frame_mse`: its error, the mean squared error of each predicted frame (averaged over the
   frame's pixels and channels only): [B, H], one value per window and horizon step. `copy_last_frame_mse`:
   the same error of the model-free yardstick, the last context frame repeated.
-- `controllability`: ΔPSNR as in Genie: PSNR with the clip's own inferred latent actions minus PSNR with the
-  latent actions of another clip of the batch (a cyclic shift, so that no clip keeps its own), per horizon.
+- `swapped_action_psnr`: ΔPSNR as in Genie: PSNR with the clip's own actions minus PSNR with the actions of
+  another clip of the batch (a cyclic shift, so that no clip keeps its own), per horizon; `controllability`:
+  that of the clips' own inferred latent actions.
 - `evaluate_prediction`: MSE / PSNR per horizon, the copy-last-frame MSE, ΔPSNR, a GIF of truth vs
   prediction, and the PreLAR supplementary's Fig. 1: (a) one start, three latent-action sequences; (b) one
   latent-action sequence, three starts.
@@ -106,13 +107,33 @@ def psnr(mse: torch.Tensor) -> torch.Tensor:
 
 
 def _with_future(own: torch.Tensor, other: torch.Tensor, context: int) -> torch.Tensor:
-    """Latent actions [B,T-1,A]: the clip's own within the context, `other`'s from its last frame on."""
-    return torch.cat([own[:, : context - 1], other[:, context - 1 :]], dim=1)
+    """The RSSM's action input [B,T,A]: the clip's own within the context, `other`'s when imagining."""
+    return torch.cat([own[:, :context], other[:, context:]], dim=1)
+
+
+@torch.no_grad()
+def swapped_action_psnr(
+    model: nn.Module, frames: torch.Tensor, action: torch.Tensor, context: int, seed: int = 0
+) -> dict:
+    """ΔPSNR per horizon step: PSNR of the open-loop prediction with each clip's own actions minus PSNR with
+    another clip's (a cyclic shift, so that no clip keeps its own) for the imagined steps, averaged over
+    clips; 0 dB: the prediction ignores the action.
+
+    frames: uint8 [B,T,3,64,64], B >= 2; action: the RSSM's action input [B,T,A] (latent actions through
+    `action_input`, or the real or encoded actions of a fine-tuned model). Returns tensors [T-context]:
+    `psnr_own`, `psnr_shuffled`, `delta_psnr`.
+    """
+    if frames.shape[0] < 2:
+        raise ValueError("ΔPSNR needs at least 2 clips (actions are swapped between clips)")
+    shuffled = _with_future(action, action.roll(1, dims=0), context)  # clip b imagines with clip b-1's
+    p_own = psnr(open_loop_frame_mse(model, frames, action, context, seed=seed)).mean(0)  # [H]
+    p_shuffled = psnr(open_loop_frame_mse(model, frames, shuffled, context, seed=seed)).mean(0)
+    return {"psnr_own": p_own, "psnr_shuffled": p_shuffled, "delta_psnr": p_own - p_shuffled}
 
 
 @torch.no_grad()
 def controllability(model: nn.Module, frames: np.ndarray | torch.Tensor, context: int) -> dict:
-    """ΔPSNR per horizon step: PSNR(own inferred latent actions) − PSNR(another clip's), averaged over clips.
+    """`swapped_action_psnr` of the clips' own inferred latent actions (Genie's ΔPSNR).
 
     frames: uint8 [B,T,3,64,64] (or numpy [B,T,64,64,3]), B >= 2. Returns tensors [T-context]:
     `psnr_inferred`, `psnr_shuffled`, `delta_psnr`.
@@ -121,10 +142,8 @@ def controllability(model: nn.Module, frames: np.ndarray | torch.Tensor, context
     if frames.shape[0] < 2:
         raise ValueError("controllability needs at least 2 clips (latent actions are swapped between clips)")
     own, _ = model.infer_latent_actions(frames)  # [B,T-1,A]
-    shuffled = _with_future(own, own.roll(1, dims=0), context)  # clip b imagines with clip b-1's actions
-    p_own = psnr(open_loop_frame_mse(model, frames, model.action_input(own), context)).mean(0)  # [H]
-    p_shuffled = psnr(open_loop_frame_mse(model, frames, model.action_input(shuffled), context)).mean(0)
-    return {"psnr_inferred": p_own, "psnr_shuffled": p_shuffled, "delta_psnr": p_own - p_shuffled}
+    result = swapped_action_psnr(model, frames, model.action_input(own), context)
+    return {"psnr_inferred": result.pop("psnr_own"), **result}
 
 
 def _hwc(frames: torch.Tensor) -> np.ndarray:
