@@ -168,12 +168,19 @@ def _raising_on_signals() -> Iterator[None]:
 def _experiment_id(client, name: str, uri: str) -> str:
     """The experiment's id, created (artifacts in `mlruns/` next to a SQLite store) if missing; tagged with
     EXPERIMENT_TAGS either way."""
+    from mlflow.exceptions import MlflowException
+
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         location = None
         if uri.startswith("sqlite:///"):
             location = (Path(uri[len("sqlite:///") :]).parent / "mlruns").as_uri()
-        return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
+        try:
+            return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
+        except MlflowException:  # e.g. another process created it meanwhile (two `prelar online` at once)
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
     for key, value in EXPERIMENT_TAGS.items():
         if experiment.tags.get(key) != value:
             client.set_experiment_tag(experiment.experiment_id, key, value)

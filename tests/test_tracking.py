@@ -48,6 +48,25 @@ def test_a_completed_block_is_finished_named_tagged_and_in_a_model_development_e
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 
 
+def test_an_experiment_another_process_creates_meanwhile_is_joined(params):
+    """Two `prelar online` started together both find no experiment, and both create it: one must join."""
+    uri = tracking.resolve_tracking_uri(params.mlflow.tracking_uri)
+    made = MlflowClient(uri).create_experiment(params.mlflow.experiment)  # the other process, just now
+
+    class LookedBefore(MlflowClient):
+        looked = False
+
+        def get_experiment_by_name(self, name):
+            if not self.looked:  # our first look came before the other process's create
+                self.looked = True
+                return None
+            return super().get_experiment_by_name(name)
+
+    assert tracking._experiment_id(LookedBefore(uri), params.mlflow.experiment, uri) == made
+    experiment = _client(params).get_experiment(made)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
 def test_an_exception_fails_the_run_and_propagates(params):
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(ZeroDivisionError):
