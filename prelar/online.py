@@ -104,7 +104,7 @@ def run(params: config.Params, args: argparse.Namespace) -> int:
     yardstick = random_policy(base, online.seeds)
     runs = list(dict.fromkeys(zip(curves["method"], curves["seed"], strict=True)))
     sensitivity = action_sensitivity(params, runs)
-    written = write_summary(curves, Path(online.docs), yardstick, base, unfinished, sensitivity)
+    written = write_summary(curves, Path(online.docs), yardstick, base, sensitivity, unfinished)
     print(f"online: {', '.join(str(p) for p in written)}")
     return 0
 
@@ -263,11 +263,11 @@ def write_summary(
     docs: Path,
     yardstick: dict[str, float],
     cfg: config.Finetune,
+    sensitivity: pd.DataFrame,
     unfinished: list[str] = (),
-    sensitivity: pd.DataFrame | None = None,
 ) -> list[Path]:
     """The figure and tables in `docs`, beside the random policy's `yardstick` (and the `unfinished` runs
-    left out), with each run's `action_sensitivity` where given; returns their paths."""
+    left out), with each run's `action_sensitivity`; returns their paths."""
     from prelar.evaluate import plots
 
     docs.mkdir(parents=True, exist_ok=True)
@@ -282,9 +282,7 @@ def write_summary(
     )
     paths[0].write_bytes(plots.png_bytes(figure))
     curves.to_csv(paths[1], index=False)
-    per_seed = summarize(curves)
-    if sensitivity is not None:
-        per_seed = per_seed.merge(sensitivity, on=["method", "seed"], how="left")
+    per_seed = summarize(curves).merge(sensitivity, on=["method", "seed"], how="left")
     columns = [c for c in per_seed.columns if c not in ("method", "seed")]
     grouped = per_seed.groupby("method", sort=False)
     table = grouped[columns].agg({c: lambda v, c=c: cell(v, BOUNDS.get(c)) for c in columns}).reset_index()
@@ -307,16 +305,10 @@ def write_summary(
         "[0, 1]; with 2 seeds, min and max]; "
         '`first_success_at`: the first evaluation with non-zero success, "k/n seeds" when only k of n seeds '
         'got there, "never" when none did; `mean_*`: over the run\'s evaluations (the area under its '
-        "curve)"
-        + (
-            "; `delta_psnr`: how much the final world model's open-loop prediction depends on the action, "
-            "its PSNR (dB) with each window's own actions minus with another window's, over the imagined "
-            "frames, on the same windows of the random policy's episodes for every run (0: the action is "
-            "ignored)"
-            if sensitivity is not None
-            else ""
-        )
-        + ".\n\n"
+        "curve); `delta_psnr`: how much the final world model's open-loop prediction depends on the action, "
+        "its PSNR (dB) with each window's own actions minus with another window's, over the imagined "
+        "frames, on the same windows of the random policy's episodes for every run (0: the action is "
+        "ignored).\n\n"
         + markdown(table)
         + (
             f"\n\nEach method minus `{REFERENCE}` (no pre-training), seed by seed (the same seed: the same "

@@ -139,8 +139,6 @@ def controllability(model: nn.Module, frames: np.ndarray | torch.Tensor, context
     `psnr_inferred`, `psnr_shuffled`, `delta_psnr`.
     """
     frames = _frames(frames, model)
-    if frames.shape[0] < 2:
-        raise ValueError("controllability needs at least 2 clips (latent actions are swapped between clips)")
     own, _ = model.infer_latent_actions(frames)  # [B,T-1,A]
     result = swapped_action_psnr(model, frames, model.action_input(own), context)
     return {"psnr_inferred": result.pop("psnr_own"), **result}
