@@ -23,6 +23,7 @@ from pydantic import (
     ConfigDict,
     Field,
     NonNegativeInt,
+    PositiveFloat,
     PositiveInt,
     ValidationError,
     field_validator,
@@ -387,6 +388,11 @@ class Study(_Section):
         "prelar_no_cl": StudyRun(variant="prelar_no_cl"),
         "prelar_beta_a_warmup_500": StudyRun(variant="prelar", model={"beta_a_warmup": 500}),
     }
+    # The probe's supervised ceiling (`probe.supervised_probe`, not in the papers): an inverse dynamics
+    # encoder of `model`'s sizes fit to the true actions of the study's pre-training clips.
+    supervised_updates: PositiveInt = 1000
+    supervised_batch_size: PositiveInt = 64
+    supervised_lr: PositiveFloat = 1e-3
     experiment: str = "prelar-study"  # the MLflow experiment of its runs
     out: str = "runs/study"  # a run's folder: <out>/<run>/seed<seed>
     docs: str = "docs/study"  # learning_curves.png, curves.csv, summary.csv / .md / .json

@@ -11,7 +11,9 @@ again (its checkpoint is resumed, so an interrupted study continues where it sto
   copy-last-frame, the first whose probe R² reaches 0.5, and the final measurements;
 - `summary.md` / `summary.json` (the DVC metrics): the same per run, as the mean and its 95% interval over
   seeds, beside their yardsticks (for the probe, also the same probe on one-step pixel differences: how
-  much of the action a linear read-out of the raw motion recovers), and each run minus PreLAR, seed by seed.
+  much of the action a linear read-out of the raw motion recovers; and on the inverse dynamics encoder
+  trained with the true actions of the pre-training clips: the ceiling), and each run minus PreLAR, seed by
+  seed.
 """
 
 from __future__ import annotations
@@ -26,11 +28,12 @@ import pandas as pd
 
 from prelar import config
 from prelar import metrics as names
-from prelar.evaluate.probe import pixel_difference_probe, probe_clips
+from prelar.evaluate.probe import PIXELS, SUPERVISED, pixel_difference_probe, probe_clips, supervised_probe
 from prelar.over_seeds import cell, differences_json, estimate, json_value, markdown, paired_differences
 
 PROBE_TARGET = 0.5  # "informative": the probe explains half of the true action's variance
 REFERENCE = "prelar"  # the run every other run is compared with, seed by seed
+YARDSTICKS = (PIXELS, SUPERVISED)  # the probe's yardsticks from the data (`probe_yardsticks`)
 COMPARED = ("pred_mse_ratio", "delta_psnr", "probe_r2", "kl_action")  # final measurements compared
 
 
@@ -103,11 +106,26 @@ def run(params: config.Params, args: argparse.Namespace) -> int:
                     variant=study.runs[name].variant,
                 )
     points = collect(params, names_)
-    clips, _ = probe_clips(shards, params)
-    pixels = float(np.mean([row["r2"] for row in pixel_difference_probe(clips, params.evaluate)]))
-    written = write_summary(points, Path(study.docs), pixels)
+    written = write_summary(points, Path(study.docs), probe_yardsticks(params, shards))
     print(f"study: {', '.join(str(p) for p in written)}")
     return 0
+
+
+def probe_yardsticks(params: config.Params, shards: list[str]) -> dict[str, float]:
+    """The probe's yardsticks on the study's probe clips and splits, mean R² over `evaluate.seeds`: the
+    ridge probe on one-step pixel differences (`PIXELS`, no model) and on an inverse dynamics encoder fit
+    to the true actions of the pre-training clips (`SUPERVISED`, the ceiling; `study.supervised_*`)."""
+    from prelar.data.shards import iter_clips
+    from prelar.device import resolve_device
+
+    study, cfg = params.study, params.evaluate
+    clips, _ = probe_clips(shards, params)
+    train = list(iter_clips(shards, split="train", holdout_fraction=params.loader.holdout_fraction))
+    rows = pixel_difference_probe(clips, cfg) + supervised_probe(
+        train, clips, cfg, params.model, study.supervised_updates, study.supervised_batch_size,
+        study.supervised_lr, resolve_device(cfg.device),
+    )
+    return {method: float(np.mean([r["r2"] for r in rows if r["method"] == method])) for method in YARDSTICKS}
 
 
 def collect(params: config.Params, runs: list[str]) -> pd.DataFrame:
@@ -179,9 +197,9 @@ def differences(per_seed: pd.DataFrame, reference: str) -> pd.DataFrame:
     return paired_differences(per_seed, "run", reference, "updates", COMPARED)
 
 
-def write_summary(points: pd.DataFrame, docs: Path, pixel_r2: float) -> list[Path]:
-    """The study's figure and tables in `docs`, with the probe's model-free yardstick `pixel_r2` (the probe
-    on one-step pixel differences, same clips and splits); returns their paths."""
+def write_summary(points: pd.DataFrame, docs: Path, yardsticks: dict[str, float]) -> list[Path]:
+    """The study's figure and tables in `docs`, with the probe's yardsticks from the data (`YARDSTICKS` →
+    R², `probe_yardsticks`: same clips and splits); returns their paths."""
     from prelar.evaluate import plots
 
     docs.mkdir(parents=True, exist_ok=True)
@@ -213,8 +231,10 @@ def write_summary(points: pd.DataFrame, docs: Path, pixel_r2: float) -> list[Pat
         f'the first update whose probe R² reaches {PROBE_TARGET}; "never": not within the run. Final values '
         "at the last update.\n\n"
         "The probe's yardsticks, on the same clips and episode splits: an untrained encoder "
-        "(`probe_r2_untrained`), and the same ridge probe on one-step pixel differences pooled to 16x16 "
-        f"(no model): R² {pixel_r2:.3f}.\n\n"
+        "(`probe_r2_untrained`); the same ridge probe on one-step pixel differences pooled to 16x16 "
+        f"(no model): R² {yardsticks[PIXELS]:.3f}; and on the same inverse dynamics encoder trained with the "
+        "true actions of the pre-training clips (the ceiling, not in the papers): "
+        f"R² {yardsticks[SUPERVISED]:.3f}.\n\n"
         + markdown(table)
         + (
             f"\n\nEach run minus `{REFERENCE}`, seed by seed (the same seed: the same batches, and the same "
@@ -231,7 +251,7 @@ def write_summary(points: pd.DataFrame, docs: Path, pixel_r2: float) -> list[Pat
             for name, frame in grouped
         },
         f"minus_{REFERENCE}": differences_json(compared, "run"),
-        "probe_pixel_difference_r2": pixel_r2 if np.isfinite(pixel_r2) else None,
+        **{f"probe_{name}_r2": r2 if np.isfinite(r2) else None for name, r2 in yardsticks.items()},
     }
     paths[4].write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
     return paths

@@ -90,3 +90,17 @@ def test_pixel_difference_yardstick_reads_visible_motion_and_nothing_from_a_stil
     still = [c.__class__(frames=np.repeat(c.frames[:1], len(c.frames), 0), actions=c.actions, meta=c.meta)
              for c in clips]  # the same actions over a still video: nothing to read
     assert max(r["r2"] for r in probe.pixel_difference_probe(still, cfg)) < 0.05
+
+
+def test_supervised_ceiling_learns_the_action_that_an_untrained_encoder_does_not_carry():
+    clips = point_mass_clips(episodes=12, frames=16, cameras=1)
+    train, held_out = clips[:8], clips[8:]  # trained on other episodes than those probed
+    cfg = config.Evaluate(seeds=[0], precision="fp32", probe_test_fraction=0.5, probe_alpha=1.0)
+    cpu = torch.device("cpu")
+    rows = probe.supervised_probe(train, held_out, cfg, TINY, updates=300, batch_size=16, lr=3e-3, dev=cpu)
+    assert [(r["method"], r["seed"]) for r in rows] == [(probe.SUPERVISED, 0)]
+    untrained = probe.latent_action_probe({}, held_out, cfg, TINY, cpu)[0]
+    assert rows[0]["r2"] > 0.3 and rows[0]["r2"] > untrained["r2"] + 0.3, (rows[0], untrained)
+    with pytest.raises(ValueError, match="clips with actions"):
+        probe.fit_inverse_dynamics([c.__class__(frames=c.frames, actions=None, meta=c.meta) for c in train],
+                                   TINY, updates=1, batch_size=2, lr=1e-3, seed=0, dev=cpu)

@@ -66,6 +66,7 @@ def test_study_trains_each_run_and_seed_then_writes_curves_and_summary(tmp_path,
         "--set", "study.steps=2", "--set", "study.curve_every=1", "--set", "study.seeds=[0, 1]",
         "--set", "loader.holdout_fraction=0.5", "--set", "pretrain.device=cpu",
         "--set", "pretrain.eval_clips=2",
+        "--set", "study.supervised_updates=2", "--set", "study.supervised_batch_size=4",
         "--set", "study.runs={prelar: {model: {beta_a: 0.1}}}",  # `--set study.runs=` updates the runs ...
         "--runs", "prelar", "apv",  # ... and `--runs` picks
     ]  # fmt: skip
@@ -80,11 +81,13 @@ def test_study_trains_each_run_and_seed_then_writes_curves_and_summary(tmp_path,
     summary = (docs / "summary.md").read_text()
     assert "| prelar | 0,1 |" in summary and "| apv | 0,1 |" in summary
     assert "pixel differences pooled to 16x16 (no model): R² " in summary
+    assert "true actions of the pre-training clips (the ceiling, not in the papers): R² " in summary
     metrics = json.loads((docs / "summary.json").read_text())  # what `dvc metrics show` reads
     assert set(metrics["runs"]) == {"prelar", "apv"} and metrics["runs"]["prelar"]["seeds"] == 2
     ratio = metrics["runs"]["prelar"]["pred_mse_ratio"]
     assert ratio["low"] <= ratio["mean"] <= ratio["high"]
     assert metrics["runs"]["apv"]["probe_r2"] is None  # APV: no latent actions
+    assert {"probe_pixel_difference_r2", "probe_supervised_inverse_dynamics_r2"} <= set(metrics)
     versus = metrics["minus_prelar"]["apv"]["pred_mse_ratio"]  # paired by seed
     apv_ratio = metrics["runs"]["apv"]["pred_mse_ratio"]["mean"]
     assert versus["seeds"] == 2 and versus["mean"] == pytest.approx(apv_ratio - ratio["mean"])

@@ -6,7 +6,10 @@ penalty chosen by cross-validation over the fit episodes from `evaluate.probe_al
 action a_t. It is fit on some episodes and scored (R²) on the others (`evaluate.probe_test_fraction`): the
 split is by episode (the cameras of one episode share its actions), never by frame. The same probe on the
 inverse dynamics encoder of an untrained model (fresh initialisation with the evaluation seed) is the
-baseline a learnt representation has to beat.
+baseline a learnt representation has to beat. Two yardsticks bracket it from the data: the same probe on
+one-step pixel differences (`pixel_difference_probe`, no model), and on the same inverse dynamics encoder
+trained *with* the true actions (`supervised_probe`: what two frames tell about the action when the encoder is
+told what to look for; not in the papers).
 
 One probe, one clip selection: pre-training's end-of-run evaluation and the `prelar evaluate probe` stage
 both call `probe_clips` and `latent_action_probe`, so the same model gets the same R² in both.
@@ -20,11 +23,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.linear_model import Ridge
-from sklearn.metrics import r2_score
-from sklearn.model_selection import GridSearchCV, GroupKFold
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from prelar import config, device
@@ -32,6 +30,7 @@ from prelar.data.clip import Clip
 
 UNTRAINED = "untrained"  # the method name of the untrained encoder's rows
 PIXELS = "pixel_difference"  # the method name of the model-free yardstick's rows (`pixel_difference_probe`)
+SUPERVISED = "supervised_inverse_dynamics"  # the method name of the ceiling's rows (`supervised_probe`)
 
 
 def episode_key(clip: Clip) -> str:
@@ -117,6 +116,14 @@ def ridge_r2(
     penalty then overfits and scores far below 0 on new episodes, where the chosen penalty shrinks towards
     R² ≈ 0.
     """
+    # here, not at the top: importing scikit-learn takes seconds, and the stages that only split episodes
+    # (controllability, transfer) never fit a probe
+    from sklearn.linear_model import Ridge
+    from sklearn.metrics import r2_score
+    from sklearn.model_selection import GridSearchCV, GroupKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     x_fit = np.concatenate([features[i] for i in fit_idx])
     y_fit = np.concatenate([actions[i] for i in fit_idx])
     x_test = np.concatenate([features[i] for i in test_idx])
@@ -198,6 +205,75 @@ def pixel_difference_probe(clips: list[Clip], cfg: config.Evaluate) -> list[dict
     clips, keys, actions, splits = _probe_data(clips, cfg)
     feats = pixel_difference_features(clips)
     return [_probe_row(PIXELS, seed, feats, actions, keys, split, cfg) for seed, split in splits.items()]
+
+
+def fit_inverse_dynamics(
+    clips: list[Clip], model_cfg: config.Model, updates: int, batch_size: int, lr: float, seed: int,
+    dev: torch.device,
+) -> nn.Module:
+    """An inverse dynamics encoder of `model_cfg`'s sizes (PreLAR Eq. 3's network) regressed onto the true
+    action: the mean of its Gaussian → a_t by mean squared error, `updates` Adam steps on `batch_size` frame
+    pairs drawn uniformly from `clips` (those with actions), initialised and drawn with `seed`; in eval mode.
+    ValueError when no clip has actions."""
+    from tqdm import tqdm
+
+    from prelar.nets import InverseDynamics
+    from prelar.world_model import preprocess
+
+    clips = [c for c in clips if c.actions is not None and len(c.frames) >= 2]
+    if not clips:
+        raise ValueError("the supervised inverse dynamics needs clips with actions (Meta-world shards)")
+    frames = [torch.from_numpy(c.frames).permute(0, 3, 1, 2) for c in clips]  # [T,3,64,64] uint8
+    actions = [torch.from_numpy(c.actions.astype(np.float32)) for c in clips]  # [T-1, A]
+    pairs = np.array([(i, t) for i, a in enumerate(actions) for t in range(len(a))])
+    rng = np.random.default_rng(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = InverseDynamics(model_cfg.cnn_width, model_cfg.hidden, actions[0].shape[1],
+                              model_cfg.latent_action_min_std, norm=model_cfg.resnet_norm).to(dev)
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+    net.train()
+    for _ in tqdm(range(updates), desc="supervised inverse dynamics", unit="update", mininterval=10):
+        batch = pairs[rng.integers(len(pairs), size=batch_size)]
+        obs = torch.stack([frames[i][t] for i, t in batch]).to(dev)
+        next_obs = torch.stack([frames[i][t + 1] for i, t in batch]).to(dev)
+        target = torch.stack([actions[i][t] for i, t in batch]).to(dev)
+        mean, _ = net(preprocess(obs), preprocess(next_obs))
+        loss = nn.functional.mse_loss(mean, target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return net.eval()
+
+
+@torch.no_grad()
+def inverse_dynamics_features(net: nn.Module, clips: list[Clip]) -> list[np.ndarray]:
+    """The action `fit_inverse_dynamics`' network predicts per clip: float32 [T-1, A] (from frames t, t+1)."""
+    from prelar.world_model import preprocess
+
+    dev = next(net.parameters()).device
+    out = []
+    for clip in clips:
+        images = preprocess(torch.from_numpy(clip.frames).permute(0, 3, 1, 2).to(dev))  # [T,3,64,64]
+        out.append(net(images[:-1], images[1:])[0].float().cpu().numpy())
+    return out
+
+
+def supervised_probe(
+    train_clips: list[Clip], clips: list[Clip], cfg: config.Evaluate, model_cfg: config.Model, updates: int,
+    batch_size: int, lr: float, dev: torch.device,
+) -> list[dict[str, Any]]:
+    """The probe's ceiling: per seed of `cfg.seeds`, an inverse dynamics encoder fit to the true actions of
+    `train_clips` (`fit_inverse_dynamics`, the seed's initialisation and batches), then the same ridge probe,
+    clips and splits as `latent_action_probe` on its predictions (method `SUPERVISED`). A latent action learnt
+    without labels from the same frames, read out linearly, has no reason to beat it."""
+    clips, keys, actions, splits = _probe_data(clips, cfg)
+    rows = []
+    for seed, split in splits.items():
+        net = fit_inverse_dynamics(train_clips, model_cfg, updates, batch_size, lr, seed, dev)
+        feats = inverse_dynamics_features(net, clips)
+        rows.append(_probe_row(SUPERVISED, seed, feats, actions, keys, split, cfg))
+    return rows
 
 
 def _probe_data(clips: list[Clip], cfg: config.Evaluate):
