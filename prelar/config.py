@@ -393,6 +393,9 @@ class Study(_Section):
     supervised_updates: PositiveInt = 1000
     supervised_batch_size: PositiveInt = 64
     supervised_lr: PositiveFloat = 1e-3
+    # The prediction's yardstick from labels (`study.true_action_model`, not in the papers): DreamerV2's world
+    # model of `model`'s sizes trained from scratch with the true actions of the pre-training clips.
+    true_action_updates: PositiveInt = 1000
     experiment: str = "prelar-study"  # the MLflow experiment of its runs
     out: str = "runs/study"  # a run's folder: <out>/<run>/seed<seed>
     docs: str = "docs/study"  # learning_curves.png, curves.csv, summary.csv / .md / .json

@@ -199,8 +199,7 @@ def action_sensitivity(params: config.Params, runs: list[tuple[str, int]]) -> pd
 
     from prelar import checkpoint
     from prelar.agent.finetune import restored_agent
-    from prelar.evaluate.prediction import swapped_action_psnr, windows
-    from prelar.world_model import evaluating
+    from prelar.evaluate.prediction import real_action_prediction, windows
 
     ev = params.evaluate
     base = run_params(params, *runs[0]).finetune
@@ -212,10 +211,8 @@ def action_sensitivity(params: config.Params, runs: list[tuple[str, int]]) -> pd
     for method, seed in runs:
         ckpt = checkpoint.load(run_folder(params, method, seed) / checkpoint.FILENAME, map_location="cpu")
         model = restored_agent(run_params(params, method, seed), ckpt, torch.device("cpu")).model
-        with evaluating(model), model.autocast():
-            action = model.latent_action(actions)  # [B, T, L] (L = A without an action encoder)
-            delta = swapped_action_psnr(model.world, frames, action, ev.context)["delta_psnr"]
-        rows.append({"method": method, "seed": seed, "delta_psnr": float(delta.float().mean())})
+        delta = real_action_prediction(model, frames, actions, ev.context)["delta_psnr"]
+        rows.append({"method": method, "seed": seed, "delta_psnr": delta})
     return pd.DataFrame(rows)
 
 

@@ -12,8 +12,8 @@ again (its checkpoint is resumed, so an interrupted study continues where it sto
 - `summary.md` / `summary.json` (the DVC metrics): the same per run, as the mean and its 95% interval over
   seeds, beside their yardsticks (for the probe, also the same probe on one-step pixel differences: how
   much of the action a linear read-out of the raw motion recovers; and on the inverse dynamics encoder
-  trained with the true actions of the pre-training clips: the ceiling), and each run minus PreLAR, seed by
-  seed.
+  trained with the true actions of the pre-training clips: the ceiling), beside a world model trained with
+  the true actions (`true_action_model`), and each run minus PreLAR, seed by seed.
 """
 
 from __future__ import annotations
@@ -43,7 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--runs", nargs="+", default=None, help="only these runs of study.runs")
     parser.add_argument(
-        "--summary-only", action="store_true", help="only redraw the figure and tables from the runs on disk"
+        "--summary-only",
+        action="store_true",
+        help="train no run: redraw the figure and tables from the runs on disk (the yardsticks from labels "
+        "are still measured: the probe's ceiling always, the true-action model unless kept)",
     )
 
 
@@ -91,7 +94,7 @@ def run(params: config.Params, args: argparse.Namespace) -> int:
     unknown = sorted(set(names_) - set(study.runs))
     if unknown:
         raise config.ConfigError(f"--runs: {unknown} are not runs of study.runs ({sorted(study.runs)})")
-    shards = study_shards(params, args)  # trained on (unless --summary-only) and probed for the yardstick
+    shards = study_shards(params, args)  # trained on (unless --summary-only), and the yardsticks'
     if not args.summary_only:
         from prelar.pretrain import pretrain
 
@@ -106,7 +109,8 @@ def run(params: config.Params, args: argparse.Namespace) -> int:
                     variant=study.runs[name].variant,
                 )
     points = collect(params, names_)
-    written = write_summary(points, Path(study.docs), probe_yardsticks(params, shards))
+    yardsticks = probe_yardsticks(params, shards)
+    written = write_summary(points, Path(study.docs), yardsticks, true_action_model(params, shards))
     print(f"study: {', '.join(str(p) for p in written)}")
     return 0
 
@@ -126,6 +130,84 @@ def probe_yardsticks(params: config.Params, shards: list[str]) -> dict[str, floa
         study.supervised_lr, resolve_device(cfg.device),
     )
     return {method: float(np.mean([r["r2"] for r in rows if r["method"] == method])) for method in YARDSTICKS}
+
+
+def true_action_model(params: config.Params, shards: list[str]) -> dict[str, Any]:
+    """The prediction's yardstick from labels: what a world model of the same sizes does with the *true*
+    action. DreamerV2's (the `dreamerv2` method's fine-tuning model: real actions into the RSSM, Eq. 11 with
+    the reward heads) is trained from scratch on the pre-training clips with their actions and rewards, for
+    `study.true_action_updates` updates of the pre-training batch shape (`loader`), by the offline transfer's
+    loop (seed `seed`); then measured on the learning curves' own held-out windows (`curves.held_out_clips`)
+    as they measure the runs: open-loop MSE beside copy-last-frame, and ΔPSNR with each window's own vs
+    another window's true actions.
+
+    The result is kept in `<study.out>/true_actions/seed<seed>.json` with the settings it was measured
+    with, and measured again only when they change (a run takes as long as a study run)."""
+    import torch
+    from tqdm import tqdm
+
+    from prelar.agent.model import ACTION_DIM
+    from prelar.data.shards import iter_clips
+    from prelar.evaluate import curves
+    from prelar.evaluate import transfer as offline
+    from prelar.evaluate.prediction import copy_last_frame_mse, real_action_prediction
+
+    study, loader, ev = params.study, params.loader, params.evaluate
+    settings = {
+        "shards": [str(s) for s in shards], "data": study.data, "seed": params.seed,
+        "updates": study.true_action_updates, "batch": [loader.batch_size, loader.segment_length],
+        "holdout_fraction": loader.holdout_fraction, "eval_clips": params.pretrain.eval_clips,
+        "window": [ev.context, ev.horizon], "precision": ev.precision, "model": params.model.model_dump(),
+        "finetune": params.finetune.model_dump(),
+    }  # fmt: skip
+    path = Path(study.out) / "true_actions" / f"seed{params.seed}.json"
+    if path.exists() and (kept := json.loads(path.read_text()))["settings"] == settings:
+        return kept["measured"]
+
+    def episodes(clips) -> list:
+        try:
+            return [offline.to_episode(c) for c in clips]
+        except ValueError as err:  # no actions or rewards
+            raise config.ConfigError(f"{shards}: {err} (render Meta-world shards)") from None
+
+    train = episodes(iter_clips(shards, split="train", holdout_fraction=loader.holdout_fraction))
+    held_out = episodes(curves.held_out_clips(shards, params))
+    if not train or not held_out:
+        raise config.ConfigError(
+            f"{shards}: the true-action world model needs training and held-out clips "
+            f"(loader.holdout_fraction={loader.holdout_fraction}, "
+            f"pretrain.eval_clips={params.pretrain.eval_clips})"
+        )
+    if train[0].actions.shape[1] != ACTION_DIM:
+        raise config.ConfigError(
+            f"{shards}: actions of {train[0].actions.shape[1]} dims; the true-action world model is "
+            f"DreamerV2's for Meta-world ({ACTION_DIM}-d actions)"
+        )
+    frames = torch.from_numpy(np.stack([e.frames[: ev.window] for e in held_out]))  # [B, W, 3, 64, 64]
+    actions = torch.from_numpy(np.stack([e.actions[: ev.window] for e in held_out]))  # [B, W, A]
+    fit_params = config.override(params, {
+        "evaluate.transfer_updates": [study.true_action_updates],
+        "evaluate.transfer_batch_size": loader.batch_size,
+        "evaluate.transfer_segment_length": loader.segment_length,
+    })  # fmt: skip
+    measured: dict[str, Any] = {}
+
+    def measure(k: int, model) -> None:
+        measured.update(real_action_prediction(model, frames, actions, ev.context))
+
+    updates = study.true_action_updates
+    with tqdm(total=updates, desc="true-action world model", unit="update", mininterval=10) as bar:
+        offline.transfer("dreamerv2", None, fit_params, train, held_out, params.seed, bar.update, measure)
+    copy_last = float(copy_last_frame_mse(frames, ev.context).mean())
+    measured.update(
+        pred_copy_last_frame_mse=copy_last, pred_mse_ratio=measured["pred_mse"] / copy_last, updates=updates,
+        windows=len(frames),
+    )  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"settings": settings, "measured": measured}, indent=1) + "\n")
+    tmp.replace(path)  # never a half-written result file
+    return measured
 
 
 def collect(params: config.Params, runs: list[str]) -> pd.DataFrame:
@@ -197,9 +279,12 @@ def differences(per_seed: pd.DataFrame, reference: str) -> pd.DataFrame:
     return paired_differences(per_seed, "run", reference, "updates", COMPARED)
 
 
-def write_summary(points: pd.DataFrame, docs: Path, yardsticks: dict[str, float]) -> list[Path]:
+def write_summary(
+    points: pd.DataFrame, docs: Path, yardsticks: dict[str, float], true_actions: dict[str, Any]
+) -> list[Path]:
     """The study's figure and tables in `docs`, with the probe's yardsticks from the data (`YARDSTICKS` →
-    R², `probe_yardsticks`: same clips and splits); returns their paths."""
+    R², `probe_yardsticks`: same clips and splits) and the true-action world model (`true_action_model`);
+    returns their paths."""
     from prelar.evaluate import plots
 
     docs.mkdir(parents=True, exist_ok=True)
@@ -235,6 +320,12 @@ def write_summary(points: pd.DataFrame, docs: Path, yardsticks: dict[str, float]
         f"(no model): R² {yardsticks[PIXELS]:.3f}; and on the same inverse dynamics encoder trained with the "
         "true actions of the pre-training clips (the ceiling, not in the papers): "
         f"R² {yardsticks[SUPERVISED]:.3f}.\n\n"
+        "The prediction's yardstick from labels (not in the papers): DreamerV2's world model of the same "
+        "sizes trained from scratch with the true actions of the pre-training clips for "
+        f"{true_actions['updates']:,} updates, on {true_actions['windows']} windows of the held-out clips: "
+        f"open-loop MSE / copy-last-frame {true_actions['pred_mse_ratio']:.3f} "
+        f"({true_actions['pred_mse']:.5f} vs {true_actions['pred_copy_last_frame_mse']:.5f}), ΔPSNR with its "
+        f"own vs another window's true actions {true_actions['delta_psnr']:.3f} dB.\n\n"
         + markdown(table)
         + (
             f"\n\nEach run minus `{REFERENCE}`, seed by seed (the same seed: the same batches, and the same "
@@ -252,6 +343,7 @@ def write_summary(points: pd.DataFrame, docs: Path, yardsticks: dict[str, float]
         },
         f"minus_{REFERENCE}": differences_json(compared, "run"),
         **{f"probe_{name}_r2": r2 if np.isfinite(r2) else None for name, r2 in yardsticks.items()},
+        "true_action_model": true_actions,
     }
     paths[4].write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
     return paths

@@ -123,9 +123,18 @@ def test_fine_tuning_from_scratch_lowers_the_error_on_its_episodes(clips):
     params = _params(transfer_updates=[0, 100], transfer_batch_size=4)
     train = [transfer.to_episode(c) for c in clips[:2]]
     test = [transfer.to_episode(clips[2])]
-    calls = []
-    curve = transfer.transfer("dreamerv2", None, params, train, test, 0, progress=lambda: calls.append(1))
+    calls, measured = [], {}
+    windows = transfer.episode_windows(train, params.evaluate)  # >= 2 windows: ΔPSNR swaps their actions
+    frames, actions = torch.from_numpy(windows["frames"]), torch.from_numpy(windows["actions"])
+
+    def measure(k, model):  # the learning curves' measurement, on the transfer's own training windows
+        measured[k] = prediction.real_action_prediction(model, frames, actions, CONTEXT)
+
+    curve = transfer.transfer("dreamerv2", None, params, train, test, 0, lambda: calls.append(1), measure)
     assert curve.updates == [0, 100] and len(calls) == len(curve.losses) == 100
+    assert sorted(measured) == [0, 100]  # at every K, on the model as it is then
+    assert [measured[k]["pred_mse"] for k in (0, 100)] == pytest.approx(curve.train_mse, rel=1e-4)
+    assert all(np.isfinite(m["delta_psnr"]) for m in measured.values())
     assert curve.train_mse[1] < 0.9 * curve.train_mse[0]
     assert all(np.isfinite(curve.mse)) and len(curve.mse_per_step[0]) == HORIZON
     # PSNR is averaged per frame: by Jensen at least the PSNR of the mean squared error

@@ -58,8 +58,9 @@ def test_cpu_half_end_to_end_without_the_packages_the_device_lacks(tmp_path):
     figures = json.loads((out / "figures.json").read_text())
     assert (out / "gpu_check.log").read_text() == done.stdout  # the log holds everything printed
     steps = figures["steps"]
-    # the CUDA tests: collected without the blocked packages, skipped here (the suite runs their CPU half)
-    assert steps["tests"]["skipped"] >= 4 and steps["tests"]["passed"] == 0 and steps["tests"]["failed"] == 0
+    # the CUDA tests, collected without the blocked packages (skipped without CUDA; the suite runs the rest)
+    tests = steps["tests"]
+    assert tests["passed"] + tests["skipped"] >= 4 and tests["failed"] == 0
     for step, keys in FIGURES.items():
         for key in keys:
             value = steps[step][key]

@@ -1,5 +1,6 @@
 """`prelar study`: pre-training runs with learning curves, and the study's figure and tables."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -59,7 +60,11 @@ def test_differences_pair_runs_by_seed():
 
 
 def test_study_trains_each_run_and_seed_then_writes_curves_and_summary(tmp_path, monkeypatch):
-    write_shards(point_mass_clips(episodes=6), tmp_path / "shards", clips_per_shard=2)
+    clips = [  # with Meta-world's 4-d actions and rewards, as the true-action world model needs (Eq. 11)
+        dataclasses.replace(c, actions=np.pad(c.actions, ((0, 0), (0, 2))), rewards=-np.abs(c.actions).sum(1))
+        for c in point_mass_clips(episodes=6)
+    ]
+    write_shards(clips, tmp_path / "shards", clips_per_shard=2)
     monkeypatch.chdir(tmp_path)
     common = [
         "--params", str(REPO / "params.yaml"), "--profile", "tiny",
@@ -67,6 +72,7 @@ def test_study_trains_each_run_and_seed_then_writes_curves_and_summary(tmp_path,
         "--set", "loader.holdout_fraction=0.5", "--set", "pretrain.device=cpu",
         "--set", "pretrain.eval_clips=2",
         "--set", "study.supervised_updates=2", "--set", "study.supervised_batch_size=4",
+        "--set", "study.true_action_updates=2",
         "--set", "study.runs={prelar: {model: {beta_a: 0.1}}}",  # `--set study.runs=` updates the runs ...
         "--runs", "prelar", "apv",  # ... and `--runs` picks
     ]  # fmt: skip
@@ -88,6 +94,14 @@ def test_study_trains_each_run_and_seed_then_writes_curves_and_summary(tmp_path,
     assert ratio["low"] <= ratio["mean"] <= ratio["high"]
     assert metrics["runs"]["apv"]["probe_r2"] is None  # APV: no latent actions
     assert {"probe_pixel_difference_r2", "probe_supervised_inverse_dynamics_r2"} <= set(metrics)
+    true_actions = metrics["true_action_model"]  # trained with the clips' actions, kept with its settings
+    assert true_actions["updates"] == 2 and true_actions["windows"] >= 2
+    assert true_actions["pred_mse_ratio"] == pytest.approx(
+        true_actions["pred_mse"] / true_actions["pred_copy_last_frame_mse"]
+    )
+    assert np.isfinite(true_actions["delta_psnr"]) and "true actions" in summary
+    kept = tmp_path / "runs/study/true_actions/seed0.json"
+    assert json.loads(kept.read_text())["measured"] == true_actions
     versus = metrics["minus_prelar"]["apv"]["pred_mse_ratio"]  # paired by seed
     apv_ratio = metrics["runs"]["apv"]["pred_mse_ratio"]["mean"]
     assert versus["seeds"] == 2 and versus["mean"] == pytest.approx(apv_ratio - ratio["mean"])
@@ -99,9 +113,14 @@ def test_study_trains_each_run_and_seed_then_writes_curves_and_summary(tmp_path,
     prelar0 = load(tmp_path / "runs/study/prelar/seed0/checkpoint.pt")
     assert prelar0["model_config"]["beta_a"] == 0.1 and prelar0["step"] == 2
     # a complete study is not trained again: only the summary is rewritten
-    before = (tmp_path / "runs/study/prelar/seed0/checkpoint.pt").stat().st_mtime_ns
+    outputs = (tmp_path / "runs/study/prelar/seed0/checkpoint.pt", kept)
+    before = [path.stat().st_mtime_ns for path in outputs]
     assert cli.main(["study", "--summary-only", "--shards", "shards", *common]) == 0
-    assert (tmp_path / "runs/study/prelar/seed0/checkpoint.pt").stat().st_mtime_ns == before
+    assert [path.stat().st_mtime_ns for path in outputs] == before
+    # other settings: measured again
+    again = ["study", "--summary-only", "--shards", "shards", *common, "--set", "study.true_action_updates=1"]
+    assert cli.main(again) == 0
+    assert json.loads(kept.read_text())["measured"]["updates"] == 1
 
 
 def test_the_study_renders_its_own_shards_and_says_how_when_they_are_missing(tmp_path, monkeypatch, capsys):

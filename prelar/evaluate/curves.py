@@ -34,22 +34,29 @@ from prelar.world_model import evaluating
 CSV = "curves.csv"  # in the pre-training run folder: step, frames, then the measurements
 
 
+def held_out_clips(shards, params: config.Params) -> list:
+    """The clips of the prediction windows: the first `pretrain.eval_clips` held-out clips
+    (`loader.holdout_fraction`) of at least `evaluate.window` frames; a window is a clip's first frames."""
+    from prelar.data.shards import iter_clips
+
+    clips = []
+    if params.pretrain.eval_clips > 0:
+        for clip in iter_clips(shards, split="holdout", holdout_fraction=params.loader.holdout_fraction):
+            if len(clip.frames) >= params.evaluate.window:
+                clips.append(clip)
+            if len(clips) == params.pretrain.eval_clips:
+                break
+    return clips
+
+
 class Monitor:
     """The held-out data of the learning curves, and the measurement of a model on them."""
 
     def __init__(self, params: config.Params, shards, model_cfg: config.Model, dev: torch.device):
-        from prelar.data.shards import iter_clips
-
         self.params = params
         ev, cfg = params.evaluate, params.pretrain
         self.skipped: dict[str, str] = {}
-        held_out = []
-        if cfg.eval_clips > 0:
-            for clip in iter_clips(shards, split="holdout", holdout_fraction=params.loader.holdout_fraction):
-                if len(clip.frames) >= ev.window:
-                    held_out.append(clip.frames[: ev.window])
-                if len(held_out) == cfg.eval_clips:
-                    break
+        held_out = [clip.frames[: ev.window] for clip in held_out_clips(shards, params)]
         self.windows = np.stack(held_out) if held_out else None  # uint8 [N, context + horizon, 64, 64, 3]
         if self.windows is None:
             self.skipped["prediction_skipped"] = (

@@ -132,6 +132,25 @@ def swapped_action_psnr(
 
 
 @torch.no_grad()
+def real_action_prediction(
+    model: nn.Module, frames: torch.Tensor, actions: torch.Tensor, context: int
+) -> dict[str, float]:
+    """A fine-tuning model's (`prelar.agent.model.FinetuneModel`) open-loop prediction of windows frames
+    uint8 [B, T, 3, 64, 64] from their real actions [B, T, A] (replay convention; through the action encoder
+    where it has one), measured as the learning curves measure a pre-trained model: `pred_mse`
+    (`open_loop_frame_mse`, mean over windows and horizon) and `delta_psnr` (`swapped_action_psnr`, mean
+    over the horizon)."""
+    from prelar.world_model import evaluating
+
+    with evaluating(model), model.autocast():
+        action = model.latent_action(actions.to(model.device))  # [B, T, L] (L = A without an action encoder)
+        frames = frames.to(model.device)
+        mse = open_loop_frame_mse(model.world, frames, action, context)
+        delta = swapped_action_psnr(model.world, frames, action, context)["delta_psnr"]
+    return {"pred_mse": float(mse.float().mean()), "delta_psnr": float(delta.float().mean())}
+
+
+@torch.no_grad()
 def controllability(model: nn.Module, frames: np.ndarray | torch.Tensor, context: int) -> dict:
     """`swapped_action_psnr` of the clips' own inferred latent actions (Genie's ΔPSNR).
 

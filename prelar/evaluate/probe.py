@@ -264,10 +264,12 @@ def supervised_probe(
     batch_size: int, lr: float, dev: torch.device,
 ) -> list[dict[str, Any]]:
     """The probe's ceiling: per seed of `cfg.seeds`, an inverse dynamics encoder fit to the true actions of
-    `train_clips` (`fit_inverse_dynamics`, the seed's initialisation and batches), then the same ridge probe,
-    clips and splits as `latent_action_probe` on its predictions (method `SUPERVISED`). A latent action learnt
-    without labels from the same frames, read out linearly, has no reason to beat it."""
+    `train_clips` (`fit_inverse_dynamics`, the seed's initialisation and batches; clips of an episode among
+    `clips` are left out), then the same ridge probe, clips and splits as `latent_action_probe` on its
+    predictions (method `SUPERVISED`). A latent action learnt without labels from the same frames, read out
+    linearly, has no reason to beat it."""
     clips, keys, actions, splits = _probe_data(clips, cfg)
+    train_clips = [c for c in train_clips if episode_key(c) not in set(keys)]  # never an episode it scores
     rows = []
     for seed, split in splits.items():
         net = fit_inverse_dynamics(train_clips, model_cfg, updates, batch_size, lr, seed, dev)

@@ -124,11 +124,13 @@ def transfer(
     test: list[Episode],
     seed: int,
     progress: Callable[[], None] | None = None,
+    measure: Callable[[int, FinetuneModel], None] | None = None,
 ) -> Curve:
     """Fine-tune `method` (from `pretrained`, or from scratch for dreamerv2) on `train` for max(K) updates,
     measuring the open-loop error on `test` (and on `train`) at every K of `evaluate.transfer_updates`.
 
-    `pretrained` is consumed (the fine-tuning model takes over its modules). `progress()` runs per update.
+    `pretrained` is consumed (the fine-tuning model takes over its modules). `progress()` runs per update;
+    `measure(K, model)` at every K, after the error, for the caller's own measurements of the model.
     """
     cfg = params.evaluate
     grid = sorted(set(cfg.transfer_updates))
@@ -147,6 +149,8 @@ def transfer(
         if k in grid:
             test_error = open_loop_error(model, test_windows, cfg.context, seed)  # [B, H]
             curve.add(k, test_error, open_loop_error(model, train_windows, cfg.context, seed))
+            if measure is not None:
+                measure(k, model)
         if k < grid[-1]:
             t0 = time.perf_counter()
             metrics, _ = model.update(replay.sample(cfg.transfer_batch_size, rng))
