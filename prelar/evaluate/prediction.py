@@ -121,14 +121,17 @@ def swapped_action_psnr(
 
     frames: uint8 [B,T,3,64,64], B >= 2; action: the RSSM's action input [B,T,A] (latent actions through
     `action_input`, or the real or encoded actions of a fine-tuned model). Returns tensors [T-context]:
-    `psnr_own`, `psnr_shuffled`, `delta_psnr`.
+    `psnr_own`, `psnr_shuffled`, `delta_psnr`; and `mse_own` [B, T-context], the own actions'
+    `open_loop_frame_mse`.
     """
     if frames.shape[0] < 2:
         raise ValueError("ΔPSNR needs at least 2 clips (actions are swapped between clips)")
     shuffled = _with_future(action, action.roll(1, dims=0), context)  # clip b imagines with clip b-1's
-    p_own = psnr(open_loop_frame_mse(model, frames, action, context, seed=seed)).mean(0)  # [H]
+    mse_own = open_loop_frame_mse(model, frames, action, context, seed=seed)  # [B, H]
+    p_own = psnr(mse_own).mean(0)  # [H]
     p_shuffled = psnr(open_loop_frame_mse(model, frames, shuffled, context, seed=seed)).mean(0)
-    return {"psnr_own": p_own, "psnr_shuffled": p_shuffled, "delta_psnr": p_own - p_shuffled}
+    return {"psnr_own": p_own, "psnr_shuffled": p_shuffled, "delta_psnr": p_own - p_shuffled,
+            "mse_own": mse_own}
 
 
 @torch.no_grad()
@@ -145,9 +148,9 @@ def real_action_prediction(
     with evaluating(model), model.autocast():
         action = model.latent_action(actions.to(model.device))  # [B, T, L] (L = A without an action encoder)
         frames = frames.to(model.device)
-        mse = open_loop_frame_mse(model.world, frames, action, context)
-        delta = swapped_action_psnr(model.world, frames, action, context)["delta_psnr"]
-    return {"pred_mse": float(mse.float().mean()), "delta_psnr": float(delta.float().mean())}
+        result = swapped_action_psnr(model.world, frames, action, context)
+    return {"pred_mse": float(result["mse_own"].float().mean()),
+            "delta_psnr": float(result["delta_psnr"].float().mean())}
 
 
 @torch.no_grad()
@@ -160,7 +163,8 @@ def controllability(model: nn.Module, frames: np.ndarray | torch.Tensor, context
     frames = _frames(frames, model)
     own, _ = model.infer_latent_actions(frames)  # [B,T-1,A]
     result = swapped_action_psnr(model, frames, model.action_input(own), context)
-    return {"psnr_inferred": result.pop("psnr_own"), **result}
+    return {"psnr_inferred": result["psnr_own"], "psnr_shuffled": result["psnr_shuffled"],
+            "delta_psnr": result["delta_psnr"]}
 
 
 def _hwc(frames: torch.Tensor) -> np.ndarray:

@@ -269,7 +269,8 @@ def supervised_probe(
     predictions (method `SUPERVISED`). A latent action learnt without labels from the same frames, read out
     linearly, has no reason to beat it."""
     clips, keys, actions, splits = _probe_data(clips, cfg)
-    train_clips = [c for c in train_clips if episode_key(c) not in set(keys)]  # never an episode it scores
+    scored = set(keys)
+    train_clips = [c for c in train_clips if episode_key(c) not in scored]  # never an episode it scores
     rows = []
     for seed, split in splits.items():
         net = fit_inverse_dynamics(train_clips, model_cfg, updates, batch_size, lr, seed, dev)
