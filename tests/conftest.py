@@ -1,4 +1,6 @@
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -32,6 +34,25 @@ def pytest_xdist_make_scheduler(config, log):
             super()._reschedule(node)
 
     return SoloFirst(config, log)
+
+
+@pytest.fixture(scope="session")
+def new_mlflow_store(tmp_path_factory) -> Callable[[Path], str]:
+    """`new_mlflow_store(folder)`: the tracking URI of a new, empty MLflow SQLite store in `folder`.
+
+    Each is a copy of one store created once per test process: creating a store runs MLflow's schema
+    migrations, ~3 s each time (a stage that opens an existing store skips them)."""
+    import mlflow
+
+    template = tmp_path_factory.mktemp("mlflow_template") / "mlflow.db"
+    mlflow.MlflowClient(tracking_uri=f"sqlite:///{template}").search_experiments()
+
+    def new(folder: Path) -> str:
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(template, folder / "mlflow.db")
+        return f"sqlite:///{folder / 'mlflow.db'}"
+
+    return new
 
 
 @pytest.fixture(scope="session")

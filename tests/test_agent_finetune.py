@@ -29,9 +29,11 @@ EPISODE = 9  # env steps per episode in these tests
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
-    """One MLflow store for the module (creating a SQLite store takes seconds)."""
-    return tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+def store(tmp_path_factory, new_mlflow_store) -> Path:
+    """One MLflow store for the module."""
+    folder = tmp_path_factory.mktemp("mlflow")
+    new_mlflow_store(folder)
+    return folder / "mlflow.db"
 
 
 def _params(db: Path, **finetune) -> config.Params:

@@ -125,9 +125,11 @@ def test_scripted_expert_succeeds_and_success_flag_reports_it():
 
 
 def test_two_envs_in_one_process_render_their_own_scene():
-    """Each env has its own GL context: rendering one must not draw into the other's."""
+    """Envs share the process's GL context, each drawing into its own framebuffer: rendering one must not
+    draw into the other's, and a frame is the one a fresh process (a context of its own) renders."""
     a = make_env("drawer-close-v3", seed=0)
     b = make_env("button-press-v3", seed=0)
+    assert a._viewer.opengl_context is b._viewer.opengl_context
     frame_a, _ = a.reset(seed=3)  # rendered while b's context was the current one
     b.reset(seed=3)
     np.testing.assert_array_equal(a.render(), frame_a)
@@ -136,9 +138,18 @@ def test_two_envs_in_one_process_render_their_own_scene():
     b.close()  # idempotent
     with pytest.raises(RuntimeError, match="after close"):
         b.render()
-    alone = make_env("drawer-close-v3", seed=0)  # closing frees contexts without breaking later envs
+    alone = make_env("drawer-close-v3", seed=0)  # closing an env does not break later envs
     np.testing.assert_array_equal(alone.reset(seed=3)[0], frame_a)
     alone.close()
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        np.testing.assert_array_equal(pool.apply(_first_frame, ("drawer-close-v3", 3)), frame_a)
+
+
+def _first_frame(task: str, seed: int) -> np.ndarray:
+    env = make_env(task, seed=0)
+    frame = env.reset(seed=seed)[0]
+    env.close()
+    return frame
 
 
 def test_fast_render_is_close_to_default_quality():

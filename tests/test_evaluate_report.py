@@ -25,10 +25,10 @@ def _success(method: str, task: str, seed: int) -> list[float]:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(tmp_path_factory, new_mlflow_store):
     """A real sqlite MLflow store: fine-tuning curves, pre-training losses, evaluation metrics, a GIF."""
     root = tmp_path_factory.mktemp("mlflow")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri = new_mlflow_store(root)
     client = MlflowClient(tracking_uri=uri)
     exp = client.create_experiment("prelar", artifact_location=(root / "artifacts").as_uri())
     gif = root / "open_loop.gif"

@@ -28,11 +28,11 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory) -> dict:
+def work(tmp_path_factory, new_mlflow_store) -> dict:
     """Point-mass shards with actions, PreLAR and APV checkpoints (2 steps each), a tmp MLflow store."""
     root = tmp_path_factory.mktemp("evaluate")
     write_shards(point_mass_clips(episodes=6), root / "shards", clips_per_shard=4)
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri = new_mlflow_store(root)
     params = tiny_params(uri, steps=2)
     pretrain.pretrain(params, root / "shards", root / "prelar")
     apv = config.override(params, pretrain.variant_updates(params, "apv"))

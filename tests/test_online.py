@@ -73,7 +73,7 @@ def test_random_policy_plays_the_evaluation_episodes_as_the_study_runs_them():
 
 
 def test_online_runs_each_method_and_seed_then_writes_curves_and_summary(
-    pretrained, tmp_path, monkeypatch, capsys
+    pretrained, tmp_path, monkeypatch, capsys, new_mlflow_store
 ):
     folder = tmp_path / "runs/pretrain/prelar"  # where the default pipeline leaves PreLAR's checkpoint
     folder.mkdir(parents=True)
@@ -86,7 +86,7 @@ def test_online_runs_each_method_and_seed_then_writes_curves_and_summary(
                  "eval_episodes: 1, log_every: 9}",
         "--set", "online.seeds=[0, 1]",
         "--set", "evaluate.horizon=3",  # open-loop windows of 5 + 3 frames fit the 10 of an episode
-        "--set", f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        "--set", f"mlflow.tracking_uri={new_mlflow_store(tmp_path)}",
         "--methods", "dreamerv2", "prelar",
     ]  # fmt: skip
     assert cli.main(["online", *common]) == 0

@@ -63,8 +63,8 @@ def shards(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tracking_uri(tmp_path_factory) -> str:
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+def tracking_uri(tmp_path_factory, new_mlflow_store) -> str:
+    return new_mlflow_store(tmp_path_factory.mktemp("mlflow"))
 
 
 def tiny_params(tracking_uri: str, **pretrain_overrides) -> config.Params:

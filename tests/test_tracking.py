@@ -16,8 +16,8 @@ from prelar import config, tracking
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> str:
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"  # one store: creating one is slow
+def store(tmp_path_factory, new_mlflow_store) -> str:
+    return new_mlflow_store(tmp_path_factory.mktemp("mlflow"))
 
 
 @pytest.fixture()

@@ -30,8 +30,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from webdataset import TarWriter
-from webdataset.tariterators import group_by_keys
 
 from prelar import seeding
 from prelar.data.clip import Clip
@@ -104,7 +102,7 @@ class ShardWriter:
         self.shard = start_shard
         self.on_shard = on_shard
         self._file = None
-        self._tar: TarWriter | None = None
+        self._tar = None  # webdataset's TarWriter of the open shard
         self._keys: list[str] = []
 
     @property
@@ -118,6 +116,8 @@ class ShardWriter:
         if sample["__key__"] in self._keys:
             raise ValueError(f"duplicate sample key {sample['__key__']!r} in {self.current_name}")
         if self._tar is None:
+            from webdataset import TarWriter  # here: importing webdataset imports torch (seconds)
+
             self._file = open(self.out_dir / (self.current_name + ".tmp"), "wb")
             self._tar = TarWriter(
                 self._file, encoder=False, mtime=0, user="prelar", group="prelar", mode=0o444
@@ -235,6 +235,8 @@ def _tar_members(path: str | Path) -> Iterator[dict[str, Any]]:
 
 def read_shard(path: str | Path) -> Iterator[Clip]:
     """The clips of one shard, in order (members grouped into samples by WebDataset's `group_by_keys`)."""
+    from webdataset.tariterators import group_by_keys  # here: importing webdataset imports torch (seconds)
+
     for sample in group_by_keys(_tar_members(path)):
         yield decode_sample(sample, str(path))
 

@@ -36,6 +36,7 @@ CAMERAS = ("topview", "corner", "corner2", "corner3", "corner4", "behindGripper"
 
 _OPEN_ENVS: weakref.WeakSet[MetaworldEnv] = weakref.WeakSet()
 _gl_pid: int | None = None  # the process that created the first GL context (and registered the exit hook)
+_gl_context: Any = None  # that process's one OpenGL context, which every env's viewer draws in
 
 
 def scripted_tasks() -> list[str]:
@@ -75,23 +76,52 @@ def open_viewer(renderer: MujocoRenderer, fast: bool) -> OffScreenViewer:
     shadow map (model.vis.quality.shadowsize, mjRND_SHADOW), 4x multisampling (model.vis.quality.offsamples)
     and planar reflections (mjRND_REFLECTION). The skybox stays, it is the background. The model's quality
     fields are read when the viewer's MjrContext is created, so they are set first; the scene flags after.
-    fast=False keeps MuJoCo's (and Meta-world's) defaults.
+    fast=False keeps MuJoCo's (and Meta-world's) defaults. The viewer draws in the process's one OpenGL
+    context (`SharedContextViewer`), kept where gymnasium's `renderer._get_viewer("rgb_array")` keeps its own.
     """
     if fast:
         renderer.model.vis.quality.shadowsize = 0
         renderer.model.vis.quality.offsamples = 0
-    viewer = renderer._get_viewer("rgb_array")
+    viewer = SharedContextViewer(
+        renderer.model, renderer.data, renderer.width, renderer.height, renderer.max_geom, renderer._vopt
+    )
+    renderer.viewer = renderer._viewers["rgb_array"] = viewer
+    renderer._set_cam_config()
     if fast:
         viewer.scn.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
         viewer.scn.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
     return viewer
 
 
+class SharedContextViewer(OffScreenViewer):
+    """gymnasium's offscreen viewer, drawing in the process's one OpenGL context instead of one of its own.
+
+    With software OpenGL (Mesa's llvmpipe) the first MjrContext of a fresh context costs ~0.5 s against
+    ~0.1 s in a context that has drawn before, and every env opened a context: evaluation and fine-tuning
+    open envs by the dozen. Each viewer keeps its own MjrContext (its offscreen framebuffer, textures and
+    meshes) and binds that framebuffer before it draws (`MetaworldEnv.render`); the context is freed at exit.
+    The backend is gymnasium's choice (MUJOCO_GL), made once, by the first viewer of the process.
+    """
+
+    def _get_opengl_backend(self, width: int, height: int) -> None:
+        global _gl_context
+        if _gl_context is None:
+            super()._get_opengl_backend(width, height)
+            _gl_context = self.opengl_context
+        self.opengl_context = _gl_context
+
+    def free(self) -> None:
+        """Nothing: the shared context outlives the viewers (gymnasium's `__del__` calls this)."""
+
+
 def _close_open_envs() -> None:
-    """At interpreter exit, free the GL contexts still open (before mujoco.egl terminates the display)."""
+    """At interpreter exit, free the envs still open, then the GL context (before mujoco.egl terminates the
+    display)."""
     if os.getpid() == _gl_pid:  # a forked child must not touch its parent's contexts
         for env in list(_OPEN_ENVS):
             env.close()
+        if _gl_context is not None:
+            _gl_context.free()
 
 
 def _check_not_forked() -> None:
@@ -171,7 +201,8 @@ class MetaworldEnv(gym.Env):
         _check_not_forked()
         if self._viewer is None:
             raise RuntimeError(f"MetaworldEnv({self.task}): render after close()")
-        self._viewer.make_context_current()  # each env has its own context; another may be current
+        self._viewer.make_context_current()  # envs share the context: bind this env's framebuffer
+        mujoco.mjr_setBuffer(mujoco.mjtFramebuffer.mjFB_OFFSCREEN, self._viewer.con)
         frame = self._viewer.render(render_mode="rgb_array", camera_id=self.sawyer.mujoco_renderer.camera_id)
         if self._upside_down:
             frame = frame[::-1, ::-1]  # [S, S, 3]
@@ -200,14 +231,13 @@ class MetaworldEnv(gym.Env):
         return self.render(), total, bool(terminated), bool(truncated), info
 
     def close(self) -> None:
-        """Free the GL context (idempotent); unlike gymnasium's close, later envs can still render."""
+        """Free the env's MjrContext (idempotent); unlike gymnasium's close, later envs can still render."""
         if self._viewer is None:
             return
         viewer, self._viewer = self._viewer, None
         self.sawyer.mujoco_renderer._viewers.clear()
         viewer.make_context_current()
         viewer.con.free()
-        viewer.opengl_context.free()
         _OPEN_ENVS.discard(self)
 
 
