@@ -12,8 +12,14 @@ os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
 # The end-to-end `dvc repro` file (tests/test_pipeline.py) is half of the suite's time: with `-n 2 --dist
 # loadfile` (the Makefile), one worker runs it first and alone while the other takes every other file.
 # (Plain loadfile queues further files behind it on its worker, which then finish long after the other
-# worker has gone idle.)
+# worker has gone idle.) The other worker takes the longest files first (HEAVY, tens of seconds each, in
+# order), so that the files left when the pipeline's worker joins in are short ones.
 SOLO = "tests/test_pipeline.py"
+HEAVY = (
+    "tests/test_gpu_check.py", "tests/test_online.py", "tests/test_pretrain.py", "tests/test_study.py",
+    "tests/test_agent_finetune.py", "tests/test_data_ingest.py", "tests/test_evaluate_transfer.py",
+    "tests/test_device.py", "tests/test_tracking.py", "tests/test_evaluate_probe.py",
+)  # fmt: skip
 
 
 def pytest_xdist_make_scheduler(config, log):
@@ -23,8 +29,9 @@ def pytest_xdist_make_scheduler(config, log):
 
     class SoloFirst(LoadFileScheduling):
         def _assign_work_unit(self, node):
-            if SOLO in self.workqueue:
-                self.workqueue.move_to_end(SOLO, last=False)
+            for name in (*reversed(HEAVY), SOLO):
+                if name in self.workqueue:
+                    self.workqueue.move_to_end(name, last=False)
             super()._assign_work_unit(node)
 
         def _reschedule(self, node):
