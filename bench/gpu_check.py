@@ -58,7 +58,7 @@ class Size:
 SIZES = {
     "paper": Size("paper", warmup=3, timed=20, part_repeats=10, finetune_updates=5, render_frames=200,
                   matmul_n=8192),
-    "tiny": Size("tiny", warmup=1, timed=3, part_repeats=2, finetune_updates=2, render_frames=20,
+    "tiny": Size("tiny", warmup=1, timed=1, part_repeats=1, finetune_updates=2, render_frames=20,
                  matmul_n=512),
 }
 
