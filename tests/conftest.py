@@ -56,6 +56,8 @@ def new_mlflow_store(tmp_path_factory) -> Callable[[Path], str]:
 
     def new(folder: Path) -> str:
         folder.mkdir(parents=True, exist_ok=True)
+        if (folder / "mlflow.db").exists():
+            raise FileExistsError(f"{folder / 'mlflow.db'}: a store is already there")
         shutil.copyfile(template, folder / "mlflow.db")
         return f"sqlite:///{folder / 'mlflow.db'}"
 

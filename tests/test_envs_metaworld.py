@@ -1,6 +1,7 @@
 """The Meta-world env: frames, upright cameras, seeding, new positions per reset, success, GL contexts."""
 
 import multiprocessing
+import threading
 import warnings
 
 import mujoco
@@ -191,3 +192,20 @@ def test_rendering_in_a_process_forked_after_rendering_is_a_clear_error(env, chi
         result = pool.apply_async(child)
         with pytest.raises(RuntimeError, match="spawn"):
             result.get(timeout=60)
+
+
+def test_rendering_from_another_thread_is_a_clear_error(env):
+    env.reset(seed=0)  # the process's GL context is current in this thread
+    raised = []
+
+    def render_elsewhere():
+        try:
+            env.render()
+        except RuntimeError as err:
+            raised.append(str(err))
+
+    worker = threading.Thread(target=render_elsewhere, name="elsewhere")
+    worker.start()
+    worker.join(timeout=60)
+    assert raised and "elsewhere" in raised[0] and "one thread" in raised[0]
+    assert env.render().shape == (64, 64, 3)  # still renders in its own thread

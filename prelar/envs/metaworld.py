@@ -20,6 +20,7 @@ from __future__ import annotations
 import atexit
 import difflib
 import os
+import threading
 import weakref
 from typing import Any
 
@@ -35,8 +36,11 @@ from metaworld.policies.policy import Policy
 CAMERAS = ("topview", "corner", "corner2", "corner3", "corner4", "behindGripper", "gripperPOV")
 
 _OPEN_ENVS: weakref.WeakSet[MetaworldEnv] = weakref.WeakSet()
-_gl_pid: int | None = None  # the process that created the first GL context (and registered the exit hook)
-_gl_context: Any = None  # that process's one OpenGL context, which every env's viewer draws in
+# The process's one OpenGL context, which every env's viewer draws in (`SharedContextViewer`), with the
+# process and thread that created it: it is current in that thread only, and a forked child cannot use it.
+_gl_context: Any = None
+_gl_pid: int | None = None
+_gl_thread: int | None = None
 
 
 def scripted_tasks() -> list[str]:
@@ -99,15 +103,21 @@ class SharedContextViewer(OffScreenViewer):
     With software OpenGL (Mesa's llvmpipe) the first MjrContext of a fresh context costs ~0.5 s against
     ~0.1 s in a context that has drawn before, and every env opened a context: evaluation and fine-tuning
     open envs by the dozen. Each viewer keeps its own MjrContext (its offscreen framebuffer, textures and
-    meshes) and binds that framebuffer before it draws (`MetaworldEnv.render`); the context is freed at exit.
-    The backend is gymnasium's choice (MUJOCO_GL), made once, by the first viewer of the process.
+    meshes) and binds that framebuffer before it draws (`MetaworldEnv.render`); mjr_render resets the rest of
+    the GL state it uses on every call. Fog stays off (its distances are set once per MjrContext, for the
+    last model, in a shared context). The backend is gymnasium's choice (MUJOCO_GL), made once, by the first
+    viewer of the process; envs render in the thread that created it (`_check_context_owner`). The context is
+    freed at exit, after the envs still open.
     """
 
     def _get_opengl_backend(self, width: int, height: int) -> None:
-        global _gl_context
+        global _gl_context, _gl_pid, _gl_thread
         if _gl_context is None:
             super()._get_opengl_backend(width, height)
-            _gl_context = self.opengl_context
+            _gl_context, _gl_pid, _gl_thread = self.opengl_context, os.getpid(), threading.get_ident()
+            atexit.register(_close_open_envs)  # after mujoco.egl's own hook, so it runs before it (LIFO)
+        else:
+            self.backend = os.environ.get("MUJOCO_GL")
         self.opengl_context = _gl_context
 
     def free(self) -> None:
@@ -117,20 +127,28 @@ class SharedContextViewer(OffScreenViewer):
 def _close_open_envs() -> None:
     """At interpreter exit, free the envs still open, then the GL context (before mujoco.egl terminates the
     display)."""
-    if os.getpid() == _gl_pid:  # a forked child must not touch its parent's contexts
-        for env in list(_OPEN_ENVS):
-            env.close()
-        if _gl_context is not None:
+    if os.getpid() == _gl_pid and threading.get_ident() == _gl_thread:  # a forked child must not touch it
+        try:
+            for env in list(_OPEN_ENVS):
+                env.close()
+        finally:
             _gl_context.free()
 
 
-def _check_not_forked() -> None:
-    """Refuse to render in a process forked after its parent rendered: OpenGL (Mesa) would deadlock there."""
+def _check_context_owner() -> None:
+    """Refuse to render where the process's GL context cannot be used: in a process forked after its parent
+    rendered (OpenGL (Mesa) would deadlock there), or in another thread than the one that created it."""
     if _gl_pid is not None and _gl_pid != os.getpid():
         raise RuntimeError(
             f"prelar.envs.metaworld: process {os.getpid()} was forked from process {_gl_pid} after it had "
             f"rendered with OpenGL, which cannot render again after a fork (it would hang). Start worker "
             f"processes with multiprocessing.get_context('spawn') or 'forkserver' instead of 'fork'."
+        )
+    if _gl_thread is not None and _gl_thread != threading.get_ident():
+        raise RuntimeError(
+            f"prelar.envs.metaworld: thread {threading.current_thread().name} cannot render: a process's "
+            f"envs share one OpenGL context, which is current in the thread that opened the first env. Open "
+            f"and step every env of a process in one thread (or use one process per rendering thread)."
         )
 
 
@@ -172,7 +190,7 @@ class MetaworldEnv(gym.Env):
         # gymnasium picks the OpenGL backend when the viewer is created: headless EGL unless the user set one.
         os.environ.setdefault("MUJOCO_GL", "egl")
         os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
-        _check_not_forked()
+        _check_context_owner()
         sawyer = ALL_V3_ENVIRONMENTS[task](
             render_mode="rgb_array", camera_name=camera, width=size, height=size
         )
@@ -186,7 +204,7 @@ class MetaworldEnv(gym.Env):
         sawyer.seed(seed)
         self.sawyer = sawyer
         self._viewer: OffScreenViewer | None = open_viewer(sawyer.mujoco_renderer, fast_render)
-        _register_open(self)
+        _OPEN_ENVS.add(self)
         self._upside_down = self._camera_upside_down()
 
     def _camera_upside_down(self) -> bool:
@@ -198,7 +216,7 @@ class MetaworldEnv(gym.Env):
 
     def render(self) -> np.ndarray:
         """Render the current state: uint8 [size, size, 3], upright (what `reset` and `step` return)."""
-        _check_not_forked()
+        _check_context_owner()
         if self._viewer is None:
             raise RuntimeError(f"MetaworldEnv({self.task}): render after close()")
         self._viewer.make_context_current()  # envs share the context: bind this env's framebuffer
@@ -234,20 +252,12 @@ class MetaworldEnv(gym.Env):
         """Free the env's MjrContext (idempotent); unlike gymnasium's close, later envs can still render."""
         if self._viewer is None:
             return
+        _check_context_owner()
         viewer, self._viewer = self._viewer, None
         self.sawyer.mujoco_renderer._viewers.clear()
         viewer.make_context_current()
         viewer.con.free()
         _OPEN_ENVS.discard(self)
-
-
-def _register_open(env: MetaworldEnv) -> None:
-    # The exit hook is registered once the first GL context exists, so it runs before mujoco.egl's (LIFO).
-    global _gl_pid
-    _OPEN_ENVS.add(env)
-    if _gl_pid is None:
-        _gl_pid = os.getpid()
-        atexit.register(_close_open_envs)
 
 
 def make_env(
