@@ -32,6 +32,31 @@ def test_ridge_r2_tells_informative_from_uninformative_features():
     assert probe.ridge_r2(noise, actions, [0, 1, 2, 3], [4, 5], alpha=1.0)[0] < 0.1
 
 
+def test_cross_validation_chooses_the_penalty_grid_search_chooses():
+    """`choose_alpha` fits all penalties at once per fold; scikit-learn's grid search, one by one, is the
+    reference: the same penalty, whether features carry the action, barely do, or are noise."""
+    from sklearn.linear_model import Ridge
+    from sklearn.model_selection import GridSearchCV, GroupKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(0)
+    alphas = [0.01, 0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0]
+    groups = np.repeat(np.arange(7), 30)
+    y = rng.uniform(-1, 1, (len(groups), 4))
+    chosen = []
+    for signal in (1.0, 0.05, 0.0):
+        x = signal * y @ rng.normal(size=(4, 16)) + rng.normal(size=(len(groups), 16))
+        x[:, 0] *= 1e-4  # a near-constant dimension, as a latent action on its prior
+        search = GridSearchCV(
+            make_pipeline(StandardScaler(), Ridge()), {"ridge__alpha": alphas},
+            cv=GroupKFold(n_splits=5), scoring="r2",
+        ).fit(x, y, groups=groups)  # fmt: skip
+        assert probe.choose_alpha(x, y, groups, alphas) == search.best_params_["ridge__alpha"]
+        chosen.append(search.best_params_["ridge__alpha"])
+    assert len(set(chosen)) > 1  # the three cases do not all choose the same penalty
+
+
 def test_untrained_baseline_is_the_trainers_initialisation():
     clips = point_mass_clips(episodes=4, frames=10, cameras=2)
     cfg = config.Evaluate(seeds=[0], precision="fp32")
