@@ -48,6 +48,7 @@ def test_cross_validation_chooses_the_penalty_grid_search_chooses():
     for signal in (1.0, 0.05, 0.0):
         x = signal * y @ rng.normal(size=(4, 16)) + rng.normal(size=(len(groups), 16))
         x[:, 0] *= 1e-4  # a near-constant dimension, as a latent action on its prior
+        x = x.astype(np.float32)  # as the models' features
         search = GridSearchCV(
             make_pipeline(StandardScaler(), Ridge()), {"ridge__alpha": alphas},
             cv=GroupKFold(n_splits=5), scoring="r2",

@@ -139,8 +139,10 @@ def ridge_r2(
 def choose_alpha(x: np.ndarray, y: np.ndarray, groups: np.ndarray, alphas: list[float]) -> float:
     """The penalty of `alphas` with the best R² averaged over grouped folds (`GroupKFold`, at most 5): what
     scikit-learn's `GridSearchCV(make_pipeline(StandardScaler(), Ridge()), {"ridge__alpha": alphas},
-    cv=GroupKFold(...), scoring="r2")` chooses (ties: the first), with one fit per fold for all penalties
-    instead of one per fold and penalty (tests/test_evaluate_probe.py compares the two)."""
+    cv=GroupKFold(...), scoring="r2")` chooses (ties: the first), with one pipeline fit per fold for all
+    penalties instead of one per fold and penalty (tests/test_evaluate_probe.py compares the two). Up to
+    rounding: two penalties whose cross-validated R² agree to ~1e-7 (float32 features) may resolve the
+    other way round, and the test R² then differs by as little."""
     from sklearn.metrics import r2_score
     from sklearn.model_selection import GroupKFold
 
