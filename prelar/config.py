@@ -396,6 +396,10 @@ class Study(_Section):
     # The prediction's yardstick from labels (`study.true_action_model`, not in the papers): DreamerV2's world
     # model of `model`'s sizes trained from scratch with the true actions of the pre-training clips.
     true_action_updates: PositiveInt = 1000
+    # The offline transfer of every run's checkpoint and of scratch, seed by seed (`study.offline_transfer`):
+    # `evaluate`'s transfer with these K and downstream episodes, rendered at `data`'s action repeat.
+    transfer_updates: list[NonNegativeInt] = Field([0, 100, 300], min_length=1)
+    transfer_episodes: PositiveInt = 16
     experiment: str = "prelar-study"  # the MLflow experiment of its runs
     out: str = "runs/study"  # a run's folder: <out>/<run>/seed<seed>
     docs: str = "docs/study"  # learning_curves.png, curves.csv, summary.csv / .md / .json

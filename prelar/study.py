@@ -13,7 +13,10 @@ again (its checkpoint is resumed, so an interrupted study continues where it sto
   seeds, beside their yardsticks (for the probe, also the same probe on one-step pixel differences: how
   much of the action a linear read-out of the raw motion recovers; and on the inverse dynamics encoder
   trained with the true actions of the pre-training clips: the ceiling), beside a world model trained with
-  the true actions (`true_action_model`), and each run minus PreLAR, seed by seed.
+  the true actions (`true_action_model`), and each run minus PreLAR, seed by seed;
+- `transfer.csv`, `transfer.png` and a section of `summary.md` / `summary.json`: every run's checkpoint
+  fine-tuned offline on downstream episodes (`offline_transfer`), beside DreamerV2 from scratch and copying
+  the last frame, seed by seed.
 """
 
 from __future__ import annotations
@@ -29,10 +32,19 @@ import pandas as pd
 from prelar import config
 from prelar import metrics as names
 from prelar.evaluate.probe import PIXELS, SUPERVISED, pixel_difference_probe, probe_clips, supervised_probe
-from prelar.over_seeds import cell, differences_json, estimate, json_value, markdown, paired_differences
+from prelar.over_seeds import (
+    cell,
+    differences_json,
+    estimate,
+    interval,
+    json_value,
+    markdown,
+    paired_differences,
+)
 
 PROBE_TARGET = 0.5  # "informative": the probe explains half of the true action's variance
 REFERENCE = "prelar"  # the run every other run is compared with, seed by seed
+SCRATCH = "scratch"  # the offline transfer's run without pre-training: DreamerV2 from a fresh initialisation
 YARDSTICKS = (PIXELS, SUPERVISED)  # the probe's yardsticks from the data (`probe_yardsticks`)
 COMPARED = ("pred_mse_ratio", "delta_psnr", "probe_r2", "kl_action")  # final measurements compared
 
@@ -46,7 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--summary-only",
         action="store_true",
         help="train no run: redraw the figure and tables from the runs on disk (the yardsticks from labels "
-        "are still measured: the probe's ceiling always, the true-action model unless kept)",
+        "are still measured: the probe's ceiling always, the true-action model and each run's offline "
+        "transfer unless kept)",
     )
 
 
@@ -110,7 +123,10 @@ def run(params: config.Params, args: argparse.Namespace) -> int:
                 )
     points = collect(params, names_)
     yardsticks = probe_yardsticks(params, shards)
-    written = write_summary(points, Path(study.docs), yardsticks, true_action_model(params, shards))
+    true_actions = true_action_model(params, shards)
+    written = write_summary(
+        points, Path(study.docs), yardsticks, true_actions, offline_transfer(params, names_)
+    )
     print(f"study: {', '.join(str(p) for p in written)}")
     return 0
 
@@ -161,8 +177,8 @@ def true_action_model(params: config.Params, shards: list[str]) -> dict[str, Any
         "finetune": params.finetune.model_dump(),
     }  # fmt: skip
     path = Path(study.out) / "true_actions" / f"seed{params.seed}.json"
-    if path.exists() and (kept := json.loads(path.read_text()))["settings"] == settings:
-        return kept["measured"]
+    if (measured := _kept(path, settings)) is not None:
+        return measured
 
     def episodes(clips) -> list:
         try:
@@ -203,11 +219,142 @@ def true_action_model(params: config.Params, shards: list[str]) -> dict[str, Any
         pred_copy_last_frame_mse=copy_last, pred_mse_ratio=measured["pred_mse"] / copy_last, updates=updates,
         windows=len(frames),
     )  # fmt: skip
+    _keep(path, settings, measured)
+    return measured
+
+
+def _kept(path: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """The measurement kept at `path` if it was measured with `settings`, else None."""
+    if path.exists() and (kept := json.loads(path.read_text()))["settings"] == settings:
+        return kept["measured"]
+    return None
+
+
+def _keep(path: Path, settings: dict[str, Any], measured: dict[str, Any]) -> None:
+    """Keep `measured` at `path` with the `settings` it was measured with (`_kept` reads it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"settings": settings, "measured": measured}, indent=1) + "\n")
     tmp.replace(path)  # never a half-written result file
-    return measured
+
+
+def transfer_params(params: config.Params) -> config.Params:
+    """`params` for the study's offline transfer: `evaluate`'s transfer with `study.transfer_updates` and
+    `study.transfer_episodes`, its downstream episodes at the action repeat of the study's data (the
+    fine-tuning env's, `finetune.action_repeat`, is what `transfer_source` renders them at)."""
+    study = params.study
+    return config.override(params, {
+        "evaluate.transfer_updates": study.transfer_updates,
+        "evaluate.transfer_episodes": study.transfer_episodes,
+        "finetune.action_repeat": study.source(params.data.metaworld).action_repeat,
+    })  # fmt: skip
+
+
+def downstream_shards(params: config.Params) -> Path:
+    """The downstream episodes of `params` (`transfer_params`) in `<study.out>/downstream`, rendered (by the
+    `prelar evaluate transfer-data` stage's code) unless the folder holds those of the same source."""
+    from prelar.evaluate.stages import transfer_data_stage, transfer_source
+
+    out = Path(params.study.out) / "downstream"
+    source = transfer_source(params, out).model_dump(mode="json")
+    record = out / "source.json"
+    if not record.exists() or json.loads(record.read_text()) != source:
+        print(f"study: rendering the downstream episodes into {out}", flush=True)
+        transfer_data_stage(params, out)
+        record.write_text(json.dumps(source, indent=1) + "\n")
+    return out
+
+
+def offline_transfer(params: config.Params, runs: list[str]) -> pd.DataFrame:
+    """The offline transfer (`prelar.evaluate.transfer`, `transfer_params`) of the checkpoint of every run of
+    `runs` x `study.seeds` on disk, and of DreamerV2 from scratch (`SCRATCH`) for each of their seeds. The
+    transfer's seed is the run's: a run and scratch of one seed are scored on the same held-out episodes and
+    fine-tuned on the same batches. Rows: run, seed, updates (K), mse and psnr on the held-out windows,
+    train_mse on the fine-tuning episodes' windows, copy_last_mse (the yardstick on the held-out windows).
+
+    Each result is kept in `<run folder>/transfer.json` (scratch: `<study.out>/scratch/seed<seed>`) with its
+    settings and the checkpoint's digest, and measured again only when they change."""
+    import hashlib
+
+    import torch
+    from tqdm import tqdm
+
+    from prelar import methods as registry
+    from prelar import tracking
+    from prelar.agent.model import load_pretrained
+    from prelar.data.shards import iter_clips
+    from prelar.evaluate import transfer as offline
+    from prelar.evaluate.prediction import copy_last_frame_mse
+    from prelar.evaluate.stages import transfer_source
+
+    if SCRATCH in runs:
+        raise config.ConfigError(
+            f"study.runs: '{SCRATCH}' names the offline transfer's run from scratch; rename it"
+        )
+    tparams = transfer_params(params)
+    logged = config.override(tparams, {"mlflow.experiment": params.study.experiment})
+    ev = tparams.evaluate
+    jobs: list[tuple[str, int, Path | None]] = []
+    for seed in params.study.seeds:  # seed by seed: an interrupted transfer has whole seeds to compare
+        found = [(name, seed, run_folder(params, name, seed) / "checkpoint.pt") for name in runs]
+        found = [job for job in found if job[2].exists()]
+        jobs += found + [(SCRATCH, seed, None)] * bool(found)
+    common = {
+        "source": transfer_source(tparams, "").model_dump(mode="json", exclude={"out"}),
+        "evaluate": ev.model_dump(include={
+            "precision", "context", "horizon", "transfer_updates", "transfer_batch_size",
+            "transfer_segment_length", "transfer_test_fraction", "transfer_eval_windows",
+        }),
+        "finetune": tparams.finetune.model_dump(), "model": params.model.model_dump(),
+    }  # fmt: skip
+    results, todo = {}, []
+    for name, seed, checkpoint in jobs:
+        folder = Path(params.study.out) / SCRATCH / f"seed{seed}" if checkpoint is None else checkpoint.parent
+        digest = None if checkpoint is None else hashlib.md5(checkpoint.read_bytes()).hexdigest()
+        settings = {**common, "seed": seed, "checkpoint_md5": digest}
+        if (kept := _kept(folder / "transfer.json", settings)) is not None:
+            results[name, seed] = kept
+        else:
+            todo.append((name, seed, checkpoint, folder / "transfer.json", settings))
+    if todo:
+        clips = [c for c in iter_clips(downstream_shards(tparams)) if c.actions is not None]
+        grid = max(ev.transfer_updates)
+        with tqdm(
+            total=len(todo) * grid, desc="study: offline transfer", unit="update", mininterval=10
+        ) as bar:
+            for name, seed, checkpoint, path, settings in todo:
+                method = (
+                    registry.SCRATCH.name
+                    if checkpoint is None
+                    else registry.finetuned_by(params.study.runs[name].variant).name
+                )
+                pretrained, _ = load_pretrained(method, checkpoint, params.model)
+                train, test = offline.split(clips, ev.transfer_test_fraction, seed)
+                held_out = torch.from_numpy(offline.episode_windows(test, ev)["frames"])  # [B, T, 3, 64, 64]
+                tags = {names.TAG_STAGE: "transfer", names.TAG_METHOD: method, names.TAG_SEED: str(seed)}
+                tags["study.run"] = name
+                with tracking.stage_run(logged, f"study/{name}/seed{seed}/transfer", tags) as mlflow_run:
+                    curve = offline.transfer(method, pretrained, tparams, train, test, seed, bar.update)
+                    for k, mse, db in zip(curve.updates, curve.mse, curve.psnr, strict=True):
+                        mlflow_run.log_metrics(
+                            {names.transfer_metric(k): mse, names.transfer_psnr_metric(k): db}, step=k
+                        )
+                measured = {
+                    "updates": curve.updates, "mse": curve.mse, "psnr": curve.psnr,
+                    "train_mse": curve.train_mse,
+                    "copy_last_mse": float(copy_last_frame_mse(held_out, ev.context).mean()),
+                    "episodes": [len(train), len(test)],
+                    "updates_per_s": grid / max(curve.update_seconds, 1e-9),
+                }  # fmt: skip
+                _keep(path, settings, measured)
+                results[name, seed] = measured
+    rows = [
+        {"run": name, "seed": seed, "updates": k, "mse": mse, "psnr": db, "train_mse": fit,
+         "copy_last_mse": m["copy_last_mse"]}
+        for (name, seed), m in results.items()
+        for k, mse, db, fit in zip(m["updates"], m["mse"], m["psnr"], m["train_mse"], strict=True)
+    ]  # fmt: skip
+    return pd.DataFrame(rows, columns=["run", "seed", "updates", "mse", "psnr", "train_mse", "copy_last_mse"])
 
 
 def collect(params: config.Params, runs: list[str]) -> pd.DataFrame:
@@ -279,12 +426,87 @@ def differences(per_seed: pd.DataFrame, reference: str) -> pd.DataFrame:
     return paired_differences(per_seed, "run", reference, "updates", COMPARED)
 
 
+def transfer_summary(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per run and seed of the offline transfer (`offline_transfer`'s rows): at each K the held-out
+    MSE over scratch's of the same seed and K (`vs_scratch_k<K>`), and the MSE (`mse_k<K>`); at the last K,
+    the MSE over copying the last frame on the same windows (`vs_copy_last`) and the PSNR (`psnr`)."""
+    scratch = rows[rows["run"] == SCRATCH].set_index(["seed", "updates"])["mse"]
+    table = []
+    for (name, seed), frame in rows.groupby(["run", "seed"], sort=False):
+        frame = frame.set_index("updates").sort_index()
+        row: dict[str, Any] = {"run": name, "seed": seed, "updates": int(frame.index[-1])}
+        if name != SCRATCH:
+            row.update(
+                {f"vs_scratch_k{k}": mse / scratch.get((seed, k), np.nan) for k, mse in frame["mse"].items()}
+            )
+        row.update({f"mse_k{k}": mse for k, mse in frame["mse"].items()})
+        last = frame.iloc[-1]
+        row.update(vs_copy_last=last["mse"] / last["copy_last_mse"], psnr=last["psnr"])
+        table.append(row)
+    return pd.DataFrame(table)
+
+
+def _transfer_figure(rows: pd.DataFrame):
+    """Held-out MSE against K per run: the mean over seeds with its 95% interval, copying the last frame
+    as the dashed yardstick."""
+    from prelar.evaluate import plots
+
+    spread = [
+        dict(zip(("mse", "low", "high"), interval(frame["mse"]), strict=True), method=name, updates=k)
+        for (name, k), frame in rows.groupby(["run", "updates"])
+    ]
+    return plots.band_panels(
+        pd.DataFrame(spread), "updates", "mse", None, "offline fine-tuning updates K",
+        "open-loop MSE (held-out episodes)",
+        "Offline transfer of each run (mean, 95% interval over seeds; dashed: copy last frame)",
+        yardsticks={None: float(rows["copy_last_mse"].mean())},
+    )  # fmt: skip
+
+
+def _transfer_section(rows: pd.DataFrame) -> tuple[str, dict[str, Any]]:
+    """The offline transfer's part of summary.md and summary.json (`transfer_summary` over seeds)."""
+    per_seed = transfer_summary(rows)
+    columns = [c for c in per_seed.columns if c not in ("run", "seed", "updates")]
+    grouped = per_seed.groupby("run", sort=False)
+    table = grouped[columns].agg(cell).reset_index()
+    table.insert(1, "seeds", grouped["seed"].agg(lambda s: ",".join(str(v) for v in sorted(s))).to_numpy())
+    compared = paired_differences(per_seed, "run", REFERENCE, "updates", tuple(columns))
+    copy_last = float(rows["copy_last_mse"].mean())
+    text = (
+        "## Offline transfer\n\n"
+        "Each run's checkpoint fine-tuned offline on downstream episodes (tasks held out of pre-training, "
+        "with their actions and rewards, Eq. 11), and DreamerV2 from scratch (`scratch`), seed by seed (the "
+        "same held-out episodes and batches); then the open-loop MSE on held-out windows after K updates. "
+        "`vs_scratch_k<K>`: MSE over scratch's of the same seed and K (< 1: pre-training helps); "
+        "`vs_copy_last`: MSE over copying the last context frame at the last K (< 1 beats it); "
+        f"copying the last frame: MSE {copy_last:.5f}. Mean over seeds [95% Student-t interval].\n\n"
+        + markdown(table)
+    )
+    if not compared.empty:
+        cells = [estimate(r.mean, r.low, r.high, r.seeds) for r in compared.itertuples()]
+        versus = compared.assign(difference=cells).pivot(
+            index="run", columns="measurement", values="difference"
+        )
+        versus = versus.reindex(columns=[c for c in columns if c in versus]).fillna("—")
+        text += f"\n\nEach run minus `{REFERENCE}`, seed by seed.\n\n" + markdown(versus.reset_index())
+    metrics = {
+        "runs": {name: {"seeds": len(f), **{c: json_value(f[c]) for c in columns}} for name, f in grouped},
+        f"minus_{REFERENCE}": differences_json(compared, "run"),
+        "copy_last_frame_mse": copy_last,
+    }
+    return text, metrics
+
+
 def write_summary(
-    points: pd.DataFrame, docs: Path, yardsticks: dict[str, float], true_actions: dict[str, Any]
+    points: pd.DataFrame,
+    docs: Path,
+    yardsticks: dict[str, float],
+    true_actions: dict[str, Any],
+    transfer: pd.DataFrame,
 ) -> list[Path]:
     """The study's figure and tables in `docs`, with the probe's yardsticks from the data (`YARDSTICKS` →
-    R², `probe_yardsticks`: same clips and splits) and the true-action world model (`true_action_model`);
-    returns their paths."""
+    R², `probe_yardsticks`: same clips and splits), the true-action world model (`true_action_model`) and
+    the offline transfer (`offline_transfer`'s rows; none written when empty); returns their paths."""
     from prelar.evaluate import plots
 
     docs.mkdir(parents=True, exist_ok=True)
@@ -309,6 +531,11 @@ def write_summary(
     versus = compared.assign(difference=cells).pivot(index="run", columns="measurement", values="difference")
     order = [name for name in table["run"] if name in versus.index]
     versus = versus.reindex(index=order, columns=[c for c in COMPARED if c in versus]).fillna("—")
+    transfer_text, transfer_metrics = _transfer_section(transfer) if len(transfer) else ("", {})
+    if transfer_text:
+        paths += [docs / "transfer.csv", docs / "transfer.png"]
+        transfer.to_csv(paths[5], index=False)
+        paths[6].write_bytes(plots.png_bytes(_transfer_figure(transfer)))
     paths[3].write_text(
         "Per run: mean over its seeds [95% Student-t interval over seeds; with 2 seeds, min and max]; for a "
         'first update, "k/n seeds" when only k of n seeds got there. `beats_copy_last_at`: the first update '
@@ -334,6 +561,7 @@ def write_summary(
             if len(versus)
             else ""
         )
+        + (f"\n\n{transfer_text}" if transfer_text else "")
         + "\n"
     )
     summary = {
@@ -344,6 +572,7 @@ def write_summary(
         f"minus_{REFERENCE}": differences_json(compared, "run"),
         **{f"probe_{name}_r2": r2 if np.isfinite(r2) else None for name, r2 in yardsticks.items()},
         "true_action_model": true_actions,
+        **({"transfer": transfer_metrics} if transfer_text else {}),
     }
     paths[4].write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
     return paths

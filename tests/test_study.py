@@ -59,6 +59,26 @@ def test_differences_pair_runs_by_seed():
     assert study.differences(unfinished, "prelar").iloc[0]["seeds"] == 2
 
 
+def test_transfer_summary_pairs_each_run_with_scratch_of_its_seed():
+    rows = pd.DataFrame(
+        {
+            "run": ["prelar"] * 4 + ["scratch"] * 4,
+            "seed": [0, 0, 1, 1, 1, 1, 0, 0],  # scratch's seeds in another order: paired by seed, not by row
+            "updates": [0, 10] * 4,
+            "mse": [0.02, 0.01, 0.03, 0.012, 0.06, 0.024, 0.04, 0.02],
+            "psnr": [20.0] * 8,
+            "copy_last_mse": [0.005] * 4 + [0.005] * 4,
+        }
+    )
+    table = study.transfer_summary(rows).set_index(["run", "seed"])
+    assert table.loc[("prelar", 0), "vs_scratch_k0"] == pytest.approx(0.5)  # 0.02 / 0.04
+    assert table.loc[("prelar", 1), "vs_scratch_k10"] == pytest.approx(0.5)  # 0.012 / 0.024
+    assert table.loc[("prelar", 0), "vs_copy_last"] == pytest.approx(2.0)  # at the last K: 0.01 / 0.005
+    assert table.loc[("scratch", 0), "mse_k10"] == 0.02
+    assert pd.isna(table.loc[("scratch", 0), "vs_scratch_k0"])  # scratch is the yardstick
+    assert (table["updates"] == 10).all()
+
+
 def test_study_trains_each_run_and_seed_then_writes_curves_and_summary(tmp_path, monkeypatch):
     clips = [  # with Meta-world's 4-d actions and rewards, as the true-action world model needs (Eq. 11)
         dataclasses.replace(c, actions=np.pad(c.actions, ((0, 0), (0, 2))), rewards=-np.abs(c.actions).sum(1))
@@ -73,6 +93,7 @@ def test_study_trains_each_run_and_seed_then_writes_curves_and_summary(tmp_path,
         "--set", "pretrain.eval_clips=2",
         "--set", "study.supervised_updates=2", "--set", "study.supervised_batch_size=4",
         "--set", "study.true_action_updates=2",
+        "--set", "study.transfer_updates=[0, 2]", "--set", "study.transfer_episodes=3",
         "--set", "study.runs={prelar: {model: {beta_a: 0.1}}}",  # `--set study.runs=` updates the runs ...
         "--runs", "prelar", "apv",  # ... and `--runs` picks
     ]  # fmt: skip
@@ -108,12 +129,43 @@ def test_study_trains_each_run_and_seed_then_writes_curves_and_summary(tmp_path,
     assert "Each run minus `prelar`" in summary
     assert (docs / "learning_curves.png").stat().st_size > 10_000
 
+    # offline transfer: each run's checkpoint and scratch, seed by seed, on downstream episodes rendered at
+    # the study data's action repeat
+    source = json.loads((tmp_path / "runs/study/downstream/source.json").read_text())
+    assert source["tasks"] == ["drawer-open-v3"] and source["action_repeat"] == 4  # study.data's
+    assert source["episodes_per_task"] == 3
+    rows = pd.read_csv(docs / "transfer.csv")
+    assert sorted(set(zip(rows["run"], rows["seed"], strict=True))) == [
+        ("apv", 0), ("apv", 1), ("prelar", 0), ("prelar", 1), ("scratch", 0), ("scratch", 1)
+    ]  # fmt: skip
+    assert sorted(rows["updates"].unique()) == [0, 2]
+    assert rows.groupby("seed")["copy_last_mse"].nunique().eq(1).all()  # one seed: the same held-out windows
+    assert rows.groupby("seed")["copy_last_mse"].first().nunique() == 2  # two seeds: two splits
+    scratch = rows[rows["run"] == "scratch"].set_index(["seed", "updates"])["mse"]
+    prelar = rows[rows["run"] == "prelar"].set_index(["seed", "updates"])["mse"]
+    transferred = metrics["transfer"]["runs"]
+    assert set(transferred) == {"prelar", "apv", "scratch"}
+    ratio = (prelar / scratch).xs(2, level="updates")  # per seed
+    assert transferred["prelar"]["vs_scratch_k2"]["mean"] == pytest.approx(ratio.mean())
+    assert transferred["scratch"]["vs_scratch_k2"] is None
+    assert metrics["transfer"]["minus_prelar"]["apv"]["vs_scratch_k2"]["seeds"] == 2
+    assert "## Offline transfer" in summary and (docs / "transfer.png").stat().st_size > 10_000
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("prelar-study")  # study.experiment
+    logged = client.search_runs([experiment.experiment_id], "tags.stage = 'transfer'")
+    assert len(logged) == 6  # two runs and scratch, seeds 0 and 1
+    (one,) = [r for r in logged if r.info.run_name == "study/prelar/seed1/transfer"]
+    assert one.data.metrics["transfer/mse_k2"] == pytest.approx(prelar[1, 2])
+
     from prelar.checkpoint import load
 
     prelar0 = load(tmp_path / "runs/study/prelar/seed0/checkpoint.pt")
     assert prelar0["model_config"]["beta_a"] == 0.1 and prelar0["step"] == 2
     # a complete study is not trained again: only the summary is rewritten
-    outputs = (tmp_path / "runs/study/prelar/seed0/checkpoint.pt", kept)
+    transfer_kept = tmp_path / "runs/study/scratch/seed1/transfer.json"
+    outputs = (tmp_path / "runs/study/prelar/seed0/checkpoint.pt", kept, transfer_kept)
     before = [path.stat().st_mtime_ns for path in outputs]
     assert cli.main(["study", "--summary-only", "--shards", "shards", *common]) == 0
     assert [path.stat().st_mtime_ns for path in outputs] == before
@@ -121,6 +173,7 @@ def test_study_trains_each_run_and_seed_then_writes_curves_and_summary(tmp_path,
     again = ["study", "--summary-only", "--shards", "shards", *common, "--set", "study.true_action_updates=1"]
     assert cli.main(again) == 0
     assert json.loads(kept.read_text())["measured"]["updates"] == 1
+    assert transfer_kept.stat().st_mtime_ns == before[2]  # the transfer's settings did not change
 
 
 def test_the_study_renders_its_own_shards_and_says_how_when_they_are_missing(tmp_path, monkeypatch, capsys):

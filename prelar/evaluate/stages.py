@@ -377,7 +377,9 @@ def controllability_stage(
 
 
 def transfer_source(params: config.Params, out: str | Path) -> config.MetaworldSource:
-    """The Meta-world source of the downstream episodes (`exclude=[]`: downstream tasks are the point).
+    """The Meta-world source of the downstream episodes (`exclude=[]`: downstream tasks are the point), at
+    the fine-tuning env's camera and action repeat (`finetune.camera`, `finetune.action_repeat`): the
+    episodes fine-tuning would collect.
 
     Fails naming `evaluate.transfer_tasks` for an unknown task or one that pre-training also renders, and
     `evaluate.transfer_max_steps` for episodes too short for a segment or an open-loop window.
@@ -410,6 +412,7 @@ def transfer_source(params: config.Params, out: str | Path) -> config.MetaworldS
         episodes_per_task=cfg.transfer_episodes,
         max_steps=cfg.transfer_max_steps,
         cameras=[params.finetune.camera],
+        action_repeat=params.finetune.action_repeat,
         action_noise=cfg.transfer_action_noise,
         seed=cfg.transfer_seed,
         fast_render=params.finetune.fast_render,
