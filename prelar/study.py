@@ -272,8 +272,9 @@ def offline_transfer(params: config.Params, runs: list[str]) -> pd.DataFrame:
     fine-tuned on the same batches. Rows: run, seed, updates (K), mse and psnr on the held-out windows,
     train_mse on the fine-tuning episodes' windows, copy_last_mse (the yardstick on the held-out windows).
 
-    Each result is kept in `<run folder>/transfer.json` (scratch: `<study.out>/scratch/seed<seed>`) with its
-    settings and the checkpoint's digest, and measured again only when they change."""
+    Each result is kept in `<run folder>/transfer/<digest of its settings>.json` (scratch's run folder:
+    `<study.out>/scratch/seed<seed>`) with its settings, the checkpoint's digest among them, so that
+    transfers with other settings (a longer K grid) are kept beside it, not measured again."""
     import hashlib
 
     import torch
@@ -312,10 +313,11 @@ def offline_transfer(params: config.Params, runs: list[str]) -> pd.DataFrame:
         folder = Path(params.study.out) / SCRATCH / f"seed{seed}" if checkpoint is None else checkpoint.parent
         digest = None if checkpoint is None else hashlib.md5(checkpoint.read_bytes()).hexdigest()
         settings = {**common, "seed": seed, "checkpoint_md5": digest}
-        if (kept := _kept(folder / "transfer.json", settings)) is not None:
+        key = hashlib.md5(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+        if (kept := _kept(folder / "transfer" / f"{key}.json", settings)) is not None:
             results[name, seed] = kept
         else:
-            todo.append((name, seed, checkpoint, folder / "transfer.json", settings))
+            todo.append((name, seed, checkpoint, folder / "transfer" / f"{key}.json", settings))
     if todo:
         clips = [c for c in iter_clips(downstream_shards(tparams)) if c.actions is not None]
         grid = max(ev.transfer_updates)
@@ -351,7 +353,8 @@ def offline_transfer(params: config.Params, runs: list[str]) -> pd.DataFrame:
     rows = [
         {"run": name, "seed": seed, "updates": k, "mse": mse, "psnr": db, "train_mse": fit,
          "copy_last_mse": m["copy_last_mse"]}
-        for (name, seed), m in results.items()
+        for name, seed, _ in jobs  # the runs' order, scratch after them, seed by seed
+        for m in [results[name, seed]]
         for k, mse, db, fit in zip(m["updates"], m["mse"], m["psnr"], m["train_mse"], strict=True)
     ]  # fmt: skip
     return pd.DataFrame(rows, columns=["run", "seed", "updates", "mse", "psnr", "train_mse", "copy_last_mse"])
@@ -447,20 +450,22 @@ def transfer_summary(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def _transfer_figure(rows: pd.DataFrame):
-    """Held-out MSE against K per run: the mean over seeds with its 95% interval, copying the last frame
-    as the dashed yardstick."""
+    """Held-out MSE against K per run (log scale): the mean over seeds with its 95% interval, copying the
+    last frame as the dashed yardstick."""
     from prelar.evaluate import plots
 
     spread = [
         dict(zip(("mse", "low", "high"), interval(frame["mse"]), strict=True), method=name, updates=k)
         for (name, k), frame in rows.groupby(["run", "updates"])
     ]
-    return plots.band_panels(
+    figure = plots.band_panels(
         pd.DataFrame(spread), "updates", "mse", None, "offline fine-tuning updates K",
         "open-loop MSE (held-out episodes)",
         "Offline transfer of each run (mean, 95% interval over seeds; dashed: copy last frame)",
         yardsticks={None: float(rows["copy_last_mse"].mean())},
     )  # fmt: skip
+    figure.axes[0].set_yscale("log")  # scratch starts ~10x above the pre-trained runs
+    return figure
 
 
 def _transfer_section(rows: pd.DataFrame) -> tuple[str, dict[str, Any]]:

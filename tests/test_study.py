@@ -164,7 +164,7 @@ def test_study_trains_each_run_and_seed_then_writes_curves_and_summary(tmp_path,
     prelar0 = load(tmp_path / "runs/study/prelar/seed0/checkpoint.pt")
     assert prelar0["model_config"]["beta_a"] == 0.1 and prelar0["step"] == 2
     # a complete study is not trained again: only the summary is rewritten
-    transfer_kept = tmp_path / "runs/study/scratch/seed1/transfer.json"
+    (transfer_kept,) = (tmp_path / "runs/study/scratch/seed1/transfer").glob("*.json")
     outputs = (tmp_path / "runs/study/prelar/seed0/checkpoint.pt", kept, transfer_kept)
     before = [path.stat().st_mtime_ns for path in outputs]
     assert cli.main(["study", "--summary-only", "--shards", "shards", *common]) == 0
@@ -174,6 +174,10 @@ def test_study_trains_each_run_and_seed_then_writes_curves_and_summary(tmp_path,
     assert cli.main(again) == 0
     assert json.loads(kept.read_text())["measured"]["updates"] == 1
     assert transfer_kept.stat().st_mtime_ns == before[2]  # the transfer's settings did not change
+    longer = [*again, "--set", "study.transfer_updates=[0, 3]", "--runs", "prelar"]
+    assert cli.main(longer) == 0  # other transfer settings: measured, and kept beside the first
+    assert len(list(transfer_kept.parent.glob("*.json"))) == 2 and transfer_kept.exists()
+    assert sorted(pd.read_csv(docs / "transfer.csv")["updates"].unique()) == [0, 3]
 
 
 def test_the_study_renders_its_own_shards_and_says_how_when_they_are_missing(tmp_path, monkeypatch, capsys):
