@@ -32,6 +32,8 @@ TAG_METHOD = "method"
 TAG_TASK = "task"
 TAG_SEED = "seed"
 TAG_DEVICE = "device"
+TAG_STUDY_RUN = "study.run"  # a `prelar study` run's name (of `study.runs`, or `scratch`)
+TAG_SETTINGS = "settings"  # the digest of the settings a kept measurement was made with
 PRETRAIN_STAGE = "pretrain"  # the `stage` whose `train/` metrics are pre-training losses
 
 # ---- fine-tuning (`prelar.agent.finetune`) ----

@@ -241,67 +241,89 @@ def _keep(path: Path, settings: dict[str, Any], measured: dict[str, Any]) -> Non
 def transfer_params(params: config.Params) -> config.Params:
     """`params` for the study's offline transfer: `evaluate`'s transfer with `study.transfer_updates` and
     `study.transfer_episodes`, its downstream episodes at the action repeat of the study's data (the
-    fine-tuning env's, `finetune.action_repeat`, is what `transfer_source` renders them at)."""
+    fine-tuning env's, `finetune.action_repeat`, is what `transfer_source` renders them at), held out of
+    the study's pre-training tasks (`data.metaworld` set to the study's source)."""
     study = params.study
+    source = study.source(params.data.metaworld)
     return config.override(params, {
         "evaluate.transfer_updates": study.transfer_updates,
         "evaluate.transfer_episodes": study.transfer_episodes,
-        "finetune.action_repeat": study.source(params.data.metaworld).action_repeat,
+        "finetune.action_repeat": source.action_repeat,
+        "data.metaworld": source.model_dump(),
     })  # fmt: skip
+
+
+def _downstream(params: config.Params) -> dict[str, Any]:
+    """What the downstream episodes of `params` (`transfer_params`) are rendered from: their source and
+    frame size."""
+    from prelar.evaluate.stages import transfer_source
+
+    source = transfer_source(params, "").model_dump(mode="json", exclude={"out"})
+    return {"source": source, "size": params.data.shards.size}
 
 
 def downstream_shards(params: config.Params) -> Path:
     """The downstream episodes of `params` (`transfer_params`) in `<study.out>/downstream`, rendered (by the
-    `prelar evaluate transfer-data` stage's code) unless the folder holds those of the same source."""
-    from prelar.evaluate.stages import transfer_data_stage, transfer_source
+    `prelar evaluate transfer-data` stage's code) unless the folder holds those of the same `_downstream`."""
+    from prelar.evaluate.stages import transfer_data_stage
 
     out = Path(params.study.out) / "downstream"
-    source = transfer_source(params, out).model_dump(mode="json")
-    record = out / "source.json"
-    if not record.exists() or json.loads(record.read_text()) != source:
+    record, rendered = out / "rendered_from.json", _downstream(params)
+    if not record.exists() or json.loads(record.read_text()) != rendered:
         print(f"study: rendering the downstream episodes into {out}", flush=True)
         transfer_data_stage(params, out)
-        record.write_text(json.dumps(source, indent=1) + "\n")
+        tmp = record.with_suffix(".tmp")
+        tmp.write_text(json.dumps(rendered, indent=1) + "\n")
+        tmp.replace(record)
     return out
 
 
 def offline_transfer(params: config.Params, runs: list[str]) -> pd.DataFrame:
     """The offline transfer (`prelar.evaluate.transfer`, `transfer_params`) of the checkpoint of every run of
-    `runs` x `study.seeds` on disk, and of DreamerV2 from scratch (`SCRATCH`) for each of their seeds. The
-    transfer's seed is the run's: a run and scratch of one seed are scored on the same held-out episodes and
-    fine-tuned on the same batches. Rows: run, seed, updates (K), mse and psnr on the held-out windows,
-    train_mse on the fine-tuning episodes' windows, copy_last_mse (the yardstick on the held-out windows).
+    `runs` x `study.seeds` that completed its `study.steps` (an unfinished one is skipped and said), and of
+    DreamerV2 from scratch (`SCRATCH`) for each of their seeds. The transfer's seed is the run's: a run and
+    scratch of one seed are scored on the same held-out episodes and fine-tuned on the same batches. Rows:
+    run, seed, updates (K), mse and psnr on the held-out windows, train_mse on the fine-tuning episodes'
+    windows, copy_last_mse (the yardstick on the held-out windows). MLflow: a run per transfer in
+    `study.experiment`, named `study/<run>/seed<seed>/transfer`.
 
     Each result is kept in `<run folder>/transfer/<digest of its settings>.json` (scratch's run folder:
     `<study.out>/scratch/seed<seed>`) with its settings, the checkpoint's digest among them, so that
     transfers with other settings (a longer K grid) are kept beside it, not measured again."""
     import hashlib
 
-    import torch
     from tqdm import tqdm
 
+    from prelar import checkpoint as checkpoints
     from prelar import methods as registry
     from prelar import tracking
     from prelar.agent.model import load_pretrained
     from prelar.data.shards import iter_clips
     from prelar.evaluate import transfer as offline
-    from prelar.evaluate.prediction import copy_last_frame_mse
-    from prelar.evaluate.stages import transfer_source
 
+    study = params.study
     if SCRATCH in runs:
         raise config.ConfigError(
             f"study.runs: '{SCRATCH}' names the offline transfer's run from scratch; rename it"
         )
     tparams = transfer_params(params)
-    logged = config.override(tparams, {"mlflow.experiment": params.study.experiment})
     ev = tparams.evaluate
     jobs: list[tuple[str, int, Path | None]] = []
-    for seed in params.study.seeds:  # seed by seed: an interrupted transfer has whole seeds to compare
-        found = [(name, seed, run_folder(params, name, seed) / "checkpoint.pt") for name in runs]
-        found = [job for job in found if job[2].exists()]
+    for seed in study.seeds:  # seed by seed: an interrupted transfer has whole seeds to compare
+        found = []
+        for name in runs:
+            path = run_folder(params, name, seed) / "checkpoint.pt"
+            if path.exists() and (step := checkpoints.load(path)["step"]) < study.steps:
+                print(
+                    f"study: no offline transfer of {name} seed {seed}: its checkpoint is at update {step} "
+                    f"of {study.steps} (run `prelar study` to finish it)",
+                    flush=True,
+                )
+            elif path.exists():
+                found.append((name, seed, path))
         jobs += found + [(SCRATCH, seed, None)] * bool(found)
     common = {
-        "source": transfer_source(tparams, "").model_dump(mode="json", exclude={"out"}),
+        **_downstream(tparams),
         "evaluate": ev.model_dump(include={
             "precision", "context", "horizon", "transfer_updates", "transfer_batch_size",
             "transfer_segment_length", "transfer_test_fraction", "transfer_eval_windows",
@@ -309,46 +331,44 @@ def offline_transfer(params: config.Params, runs: list[str]) -> pd.DataFrame:
         "finetune": tparams.finetune.model_dump(), "model": params.model.model_dump(),
     }  # fmt: skip
     results, todo = {}, []
-    for name, seed, checkpoint in jobs:
-        folder = Path(params.study.out) / SCRATCH / f"seed{seed}" if checkpoint is None else checkpoint.parent
-        digest = None if checkpoint is None else hashlib.md5(checkpoint.read_bytes()).hexdigest()
+    for name, seed, path in jobs:
+        folder = Path(study.out) / SCRATCH / f"seed{seed}" if path is None else path.parent
+        digest = None if path is None else hashlib.md5(path.read_bytes()).hexdigest()
         settings = {**common, "seed": seed, "checkpoint_md5": digest}
         key = hashlib.md5(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
         if (kept := _kept(folder / "transfer" / f"{key}.json", settings)) is not None:
             results[name, seed] = kept
         else:
-            todo.append((name, seed, checkpoint, folder / "transfer" / f"{key}.json", settings))
+            todo.append((name, seed, path, folder / "transfer" / f"{key}.json", settings, key))
     if todo:
-        clips = [c for c in iter_clips(downstream_shards(tparams)) if c.actions is not None]
+        data = downstream_shards(tparams)
+        clips = [c for c in iter_clips(data) if c.actions is not None and c.rewards is not None]
         grid = max(ev.transfer_updates)
-        with tqdm(
-            total=len(todo) * grid, desc="study: offline transfer", unit="update", mininterval=10
-        ) as bar:
-            for name, seed, checkpoint, path, settings in todo:
-                method = (
-                    registry.SCRATCH.name
-                    if checkpoint is None
-                    else registry.finetuned_by(params.study.runs[name].variant).name
-                )
-                pretrained, _ = load_pretrained(method, checkpoint, params.model)
+        bar = tqdm(total=len(todo) * grid, desc="study: offline transfer", unit="update", mininterval=10)
+        with bar:
+            for name, seed, path, kept, settings, key in todo:
+                if path is None:
+                    method, job = registry.SCRATCH.name, config.override(tparams, {"seed": seed})
+                else:  # the run's own parameters (its model values) with the transfer's
+                    method = registry.finetuned_by(study.runs[name].variant).name
+                    job = transfer_params(run_params(params, name, seed))
+                pretrained, _ = load_pretrained(method, path, job.model)
                 train, test = offline.split(clips, ev.transfer_test_fraction, seed)
-                held_out = torch.from_numpy(offline.episode_windows(test, ev)["frames"])  # [B, T, 3, 64, 64]
                 tags = {names.TAG_STAGE: "transfer", names.TAG_METHOD: method, names.TAG_SEED: str(seed)}
-                tags["study.run"] = name
+                tags.update({names.TAG_STUDY_RUN: name, names.TAG_SETTINGS: key})
+                logged = config.override(job, {"mlflow.experiment": study.experiment})
                 with tracking.stage_run(logged, f"study/{name}/seed{seed}/transfer", tags) as mlflow_run:
-                    curve = offline.transfer(method, pretrained, tparams, train, test, seed, bar.update)
-                    for k, mse, db in zip(curve.updates, curve.mse, curve.psnr, strict=True):
-                        mlflow_run.log_metrics(
-                            {names.transfer_metric(k): mse, names.transfer_psnr_metric(k): db}, step=k
-                        )
+                    curve = offline.transfer(method, pretrained, job, train, test, seed, bar.update)
+                    for k, values in curve.logged():
+                        mlflow_run.log_metrics(values, step=k)
                 measured = {
                     "updates": curve.updates, "mse": curve.mse, "psnr": curve.psnr,
                     "train_mse": curve.train_mse,
-                    "copy_last_mse": float(copy_last_frame_mse(held_out, ev.context).mean()),
+                    "copy_last_mse": float(offline.copy_last(test, ev).mean()),
                     "episodes": [len(train), len(test)],
                     "updates_per_s": grid / max(curve.update_seconds, 1e-9),
                 }  # fmt: skip
-                _keep(path, settings, measured)
+                _keep(kept, settings, measured)
                 results[name, seed] = measured
     rows = [
         {"run": name, "seed": seed, "updates": k, "mse": mse, "psnr": db, "train_mse": fit,
@@ -446,7 +466,12 @@ def transfer_summary(rows: pd.DataFrame) -> pd.DataFrame:
         last = frame.iloc[-1]
         row.update(vs_copy_last=last["mse"] / last["copy_last_mse"], psnr=last["psnr"])
         table.append(row)
-    return pd.DataFrame(table)
+    return pd.DataFrame(table).replace([np.inf, -np.inf], np.nan)  # a ratio to 0, a diverged fit: no value
+
+
+def _copy_last(rows: pd.DataFrame) -> float:
+    """Copying the last frame's MSE on the held-out windows, the mean over seeds (each seed its split)."""
+    return float(rows.groupby("seed")["copy_last_mse"].first().mean())
 
 
 def _transfer_figure(rows: pd.DataFrame):
@@ -462,21 +487,36 @@ def _transfer_figure(rows: pd.DataFrame):
         pd.DataFrame(spread), "updates", "mse", None, "offline fine-tuning updates K",
         "open-loop MSE (held-out episodes)",
         "Offline transfer of each run (mean, 95% interval over seeds; dashed: copy last frame)",
-        yardsticks={None: float(rows["copy_last_mse"].mean())},
+        yardsticks={None: _copy_last(rows)},
     )  # fmt: skip
     figure.axes[0].set_yscale("log")  # scratch starts ~10x above the pre-trained runs
     return figure
+
+
+def _over_seeds(
+    per_seed: pd.DataFrame, columns: list[str], compared: pd.DataFrame, compared_columns: tuple[str, ...]
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """The Markdown tables and the metrics JSON of per-seed rows: per run, each of `columns` over its seeds
+    (`cell`, the seeds listed); `compared` (each run minus `REFERENCE`, `paired_differences`) as cells of
+    `compared_columns`, runs in the first table's order; per run {seeds, column: `json_value`}."""
+    grouped = per_seed.groupby("run", sort=False)
+    table = grouped[columns].agg(cell).reset_index()
+    table.insert(1, "seeds", grouped["seed"].agg(lambda s: ",".join(str(v) for v in sorted(s))).to_numpy())
+    cells = [estimate(row.mean, row.low, row.high, row.seeds) for row in compared.itertuples()]
+    versus = compared.assign(difference=cells).pivot(index="run", columns="measurement", values="difference")
+    order = [name for name in table["run"] if name in versus.index]
+    versus = versus.reindex(index=order, columns=[c for c in compared_columns if c in versus]).fillna("—")
+    runs = {name: {"seeds": len(f), **{c: json_value(f[c]) for c in columns}} for name, f in grouped}
+    return table, versus, runs
 
 
 def _transfer_section(rows: pd.DataFrame) -> tuple[str, dict[str, Any]]:
     """The offline transfer's part of summary.md and summary.json (`transfer_summary` over seeds)."""
     per_seed = transfer_summary(rows)
     columns = [c for c in per_seed.columns if c not in ("run", "seed", "updates")]
-    grouped = per_seed.groupby("run", sort=False)
-    table = grouped[columns].agg(cell).reset_index()
-    table.insert(1, "seeds", grouped["seed"].agg(lambda s: ",".join(str(v) for v in sorted(s))).to_numpy())
     compared = paired_differences(per_seed, "run", REFERENCE, "updates", tuple(columns))
-    copy_last = float(rows["copy_last_mse"].mean())
+    table, versus, runs = _over_seeds(per_seed, columns, compared, tuple(columns))
+    copy_last = _copy_last(rows)
     text = (
         "## Offline transfer\n\n"
         "Each run's checkpoint fine-tuned offline on downstream episodes (tasks held out of pre-training, "
@@ -487,19 +527,10 @@ def _transfer_section(rows: pd.DataFrame) -> tuple[str, dict[str, Any]]:
         f"copying the last frame: MSE {copy_last:.5f}. Mean over seeds [95% Student-t interval].\n\n"
         + markdown(table)
     )
-    if not compared.empty:
-        cells = [estimate(r.mean, r.low, r.high, r.seeds) for r in compared.itertuples()]
-        versus = compared.assign(difference=cells).pivot(
-            index="run", columns="measurement", values="difference"
-        )
-        versus = versus.reindex(columns=[c for c in columns if c in versus]).fillna("—")
+    if len(versus):
         text += f"\n\nEach run minus `{REFERENCE}`, seed by seed.\n\n" + markdown(versus.reset_index())
-    metrics = {
-        "runs": {name: {"seeds": len(f), **{c: json_value(f[c]) for c in columns}} for name, f in grouped},
-        f"minus_{REFERENCE}": differences_json(compared, "run"),
-        "copy_last_frame_mse": copy_last,
-    }
-    return text, metrics
+    metrics = {"runs": runs, f"minus_{REFERENCE}": differences_json(compared, "run")}
+    return text, {**metrics, "copy_last_frame_mse": copy_last}
 
 
 def write_summary(
@@ -527,20 +558,17 @@ def write_summary(
     points.to_csv(paths[1], index=False)
     per_seed.to_csv(paths[2], index=False)
     columns = [c for c in per_seed.columns if c not in ("run", "seed")]
-    grouped = per_seed.groupby("run", sort=False)
-    table = grouped[columns].agg(cell).reset_index()
-    seeds = grouped["seed"].agg(lambda s: ",".join(str(v) for v in sorted(s)))
-    table.insert(1, "seeds", seeds.to_numpy())
     compared = differences(per_seed, REFERENCE)
-    cells = [estimate(row.mean, row.low, row.high, row.seeds) for row in compared.itertuples()]
-    versus = compared.assign(difference=cells).pivot(index="run", columns="measurement", values="difference")
-    order = [name for name in table["run"] if name in versus.index]
-    versus = versus.reindex(index=order, columns=[c for c in COMPARED if c in versus]).fillna("—")
+    table, versus, runs = _over_seeds(per_seed, columns, compared, COMPARED)
     transfer_text, transfer_metrics = _transfer_section(transfer) if len(transfer) else ("", {})
+    transfer_csv, transfer_png = docs / "transfer.csv", docs / "transfer.png"
     if transfer_text:
-        paths += [docs / "transfer.csv", docs / "transfer.png"]
-        transfer.to_csv(paths[5], index=False)
-        paths[6].write_bytes(plots.png_bytes(_transfer_figure(transfer)))
+        transfer.to_csv(transfer_csv, index=False)
+        transfer_png.write_bytes(plots.png_bytes(_transfer_figure(transfer)))
+        paths += [transfer_csv, transfer_png]
+    else:  # no run to transfer: no figure or table of an earlier study left beside this summary
+        transfer_csv.unlink(missing_ok=True)
+        transfer_png.unlink(missing_ok=True)
     paths[3].write_text(
         "Per run: mean over its seeds [95% Student-t interval over seeds; with 2 seeds, min and max]; for a "
         'first update, "k/n seeds" when only k of n seeds got there. `beats_copy_last_at`: the first update '
@@ -570,10 +598,7 @@ def write_summary(
         + "\n"
     )
     summary = {
-        "runs": {
-            name: {"seeds": len(frame), **{c: json_value(frame[c]) for c in columns}}
-            for name, frame in grouped
-        },
+        "runs": runs,
         f"minus_{REFERENCE}": differences_json(compared, "run"),
         **{f"probe_{name}_r2": r2 if np.isfinite(r2) else None for name, r2 in yardsticks.items()},
         "true_action_model": true_actions,

@@ -444,7 +444,7 @@ def transfer_stage(
     from prelar.data.shards import iter_clips
     from prelar.evaluate import plots
     from prelar.evaluate import transfer as offline
-    from prelar.evaluate.prediction import copy_last_frame_mse, psnr
+    from prelar.evaluate.prediction import psnr
 
     start = time.perf_counter()
     cfg, dev, out = params.evaluate, evaluation_device(params), Path(out)
@@ -471,8 +471,7 @@ def transfer_stage(
         for seed in cfg.seeds:
             train, test = offline.split(clips, cfg.transfer_test_fraction, seed)
             splits[seed] = {"train_episodes": len(train), "test_episodes": len(test)}
-            held_out = torch.from_numpy(offline.episode_windows(test, cfg)["frames"])  # [B, T, 3, 64, 64]
-            copy = copy_last_frame_mse(held_out, cfg.context)  # [B, H]
+            copy = offline.copy_last(test, cfg)  # [B, H]
             for k in grid:  # the yardstick: repeat the last context frame (no model), flat in K
                 rows.append(
                     {
@@ -507,16 +506,8 @@ def transfer_stage(
                     )
                 ]
                 with mlflow_run(params, "transfer", method, seed, tags) as run:
-                    for point in points:
-                        k = point["updates"]
-                        values = {
-                            names.transfer_metric(k): point["mse"],
-                            names.transfer_psnr_metric(k): point["psnr"],
-                            names.transfer_train_mse_metric(k): point["train_mse"],
-                        }
+                    for k, values in curve.logged():
                         run.log_metrics(values, step=k)
-                    if curve.losses:
-                        run.log_metrics({names.TRANSFER_FINAL_LOSS: curve.losses[-1]}, step=grid[-1])
                 rows += [{"method": method, "seed": seed, **point} for point in points]
     finally:
         bar.close()

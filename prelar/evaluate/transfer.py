@@ -30,10 +30,11 @@ import numpy as np
 import torch
 
 from prelar import config, device
+from prelar import metrics as names
 from prelar.agent.model import FinetuneModel
 from prelar.agent.replay import Episode, Replay
 from prelar.data.clip import Clip
-from prelar.evaluate.prediction import open_loop_frame_mse, psnr, windows
+from prelar.evaluate.prediction import copy_last_frame_mse, open_loop_frame_mse, psnr, windows
 from prelar.evaluate.probe import episode_key, split_episodes
 from prelar.world_model import WorldModel, evaluating
 
@@ -69,6 +70,11 @@ def episode_windows(episodes: list[Episode], cfg: config.Evaluate) -> dict[str, 
     return windows([vars(e) for e in episodes], cfg.window, cfg.transfer_eval_windows)
 
 
+def copy_last(test: list[Episode], cfg: config.Evaluate) -> torch.Tensor:
+    """The transfer's yardstick: `prediction.copy_last_frame_mse` [B, H] on the held-out windows."""
+    return copy_last_frame_mse(torch.from_numpy(episode_windows(test, cfg)["frames"]), cfg.context)
+
+
 @torch.no_grad()
 def open_loop_error(
     model: FinetuneModel, batch: dict[str, np.ndarray], context: int, seed: int
@@ -99,6 +105,18 @@ class Curve:
         self.psnr.append(psnr(test).mean().item())
         self.train_mse.append(train.mean().item())
         self.mse_per_step.append(test.mean(0).tolist())
+
+    def logged(self) -> list[tuple[int, dict[str, float]]]:
+        """(K, its MLflow metrics) per measured K: held-out MSE and PSNR, the fine-tuning episodes' MSE; at
+        the last K also the Eq. 11 loss of the last update."""
+        logged = [
+            (k, {names.transfer_metric(k): mse, names.transfer_psnr_metric(k): db,
+                 names.transfer_train_mse_metric(k): fit})
+            for k, mse, db, fit in zip(self.updates, self.mse, self.psnr, self.train_mse, strict=True)
+        ]  # fmt: skip
+        if self.losses:
+            logged[-1][1][names.TRANSFER_FINAL_LOSS] = self.losses[-1]
+        return logged
 
 
 def finetune_params(params: config.Params, method: str, seed: int) -> config.Params:
