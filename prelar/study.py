@@ -458,13 +458,14 @@ def transfer_summary(rows: pd.DataFrame) -> pd.DataFrame:
     for (name, seed), frame in rows.groupby(["run", "seed"], sort=False):
         frame = frame.set_index("updates").sort_index()
         row: dict[str, Any] = {"run": name, "seed": seed, "updates": int(frame.index[-1])}
-        if name != SCRATCH:
-            row.update(
-                {f"vs_scratch_k{k}": mse / scratch.get((seed, k), np.nan) for k, mse in frame["mse"].items()}
-            )
+        if name != SCRATCH:  # (pandas divides: a ratio to 0 is inf, no warning; NaN below)
+            base = scratch.reindex(pd.MultiIndex.from_product([[seed], frame.index])).to_numpy()
+            ratio = frame["mse"] / pd.Series(base, index=frame.index)
+            row.update({f"vs_scratch_k{k}": value for k, value in ratio.items()})
         row.update({f"mse_k{k}": mse for k, mse in frame["mse"].items()})
-        last = frame.iloc[-1]
-        row.update(vs_copy_last=last["mse"] / last["copy_last_mse"], psnr=last["psnr"])
+        row.update(
+            vs_copy_last=(frame["mse"] / frame["copy_last_mse"]).iloc[-1], psnr=frame["psnr"].iloc[-1]
+        )
         table.append(row)
     return pd.DataFrame(table).replace([np.inf, -np.inf], np.nan)  # a ratio to 0, a diverged fit: no value
 
