@@ -429,11 +429,27 @@ class MLflowCfg(_Section):
     experiment: str = "prelar"
 
 
+class OnlineCheckpoint(_Section):
+    """A run of the online study from another checkpoint than the default pipeline's: `method` (one that
+    loads a pre-trained checkpoint) fine-tuned from `pretrained` (e.g. a study run's checkpoint.pt)."""
+
+    method: str
+    pretrained: str
+
+    @field_validator("method")
+    @classmethod
+    def _loads_a_checkpoint(cls, name: str) -> str:
+        if not registry.method(name).pretrained:
+            raise ValueError(f"{name} loads no pre-trained checkpoint; list it in online.methods instead")
+        return name
+
+
 class Online(_Section):
     """The online RL study (`prelar online`, pipelines/online/dvc.yaml): each of `methods` x `seeds`
     fine-tuned on one task with the values of `finetune` on top of the `finetune` section (the pre-trained
     checkpoints of the default pipeline), into `out/<method>/seed<seed>`; success and return curves with
-    95% intervals over seeds beside a uniformly random policy on the same evaluation episodes, in `docs`."""
+    95% intervals over seeds beside a uniformly random policy on the same evaluation episodes, in `docs`.
+    `checkpoints` adds named runs of a method from other checkpoints (into `out/<name>/seed<seed>`)."""
 
     finetune: dict[str, Any] = {
         "task": "reach-v3",
@@ -448,6 +464,7 @@ class Online(_Section):
     }
     methods: list[str] = Field(["dreamerv2", "apv", "prelar"], min_length=1)
     seeds: list[int] = Field([0, 1, 2], min_length=1)
+    checkpoints: dict[str, OnlineCheckpoint] = {}
     experiment: str = "prelar-online"  # the MLflow experiment of its runs
     out: str = "runs/online"
     docs: str = "docs/online"  # success_curves.png, curves.csv, summary.md / .json
@@ -463,6 +480,18 @@ class Online(_Section):
     @classmethod
     def _unique_seeds(cls, seeds: list[int]) -> list[int]:
         return _unique(seeds)
+
+    @model_validator(mode="after")
+    def _checkpoints_named_apart(self) -> Online:
+        clash = sorted(set(self.checkpoints) & set(self.methods))
+        if clash:
+            raise ValueError(f"checkpoints {clash} are also online.methods: give them names of their own")
+        return self
+
+    @property
+    def runs(self) -> list[str]:
+        """Every run's name: the methods from the default pipeline's checkpoints, then `checkpoints`."""
+        return [*self.methods, *self.checkpoints]
 
     @field_validator("finetune")
     @classmethod

@@ -1,11 +1,12 @@
 """`prelar online`: does online RL move, and does pre-training help it? Every method of `online.methods` x
 `online.seeds` is fine-tuned (`prelar.agent.finetune`) on one task with the values of `online.finetune` on
 top of the `finetune` section, from the default pipeline's pre-trained checkpoints, into
-`online.out/<method>/seed<seed>` and MLflow experiment `online.experiment`; a run already complete is not
-run again (an interrupted run resumes from its checkpoint). Its yardstick: a uniformly random policy on the
-same evaluation episodes (every evaluation of every seed). Then, from every complete run on disk of
-`online.methods` x `online.seeds` (a run folder that ran with other parameters is an error; unfinished runs
-are left out and listed), in `online.docs`:
+`online.out/<method>/seed<seed>` and MLflow experiment `online.experiment`; so is every named run of
+`online.checkpoints` (a method from another checkpoint, e.g. a study run's), into `online.out/<name>/...`.
+A run already complete is not run again (an interrupted run resumes from its checkpoint). Its yardstick: a
+uniformly random policy on the same evaluation episodes (every evaluation of every seed). Then, from every
+complete run on disk of those runs x `online.seeds` (a run folder that ran with other parameters is an
+error; unfinished runs are left out and listed), in `online.docs` (a run is a row named as in the config):
 
 - `success_curves.png`: success rate and return against env steps, the mean over seeds with its 95%
   interval per method, the random policy as a grey line;
@@ -53,38 +54,47 @@ UNCOMPARED = {"out", "log_every", "checkpoint_every", "device", "video_fps", "pr
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--methods", nargs="+", default=None, help="run only these of online.methods (the summary: all)"
+        "--methods",
+        nargs="+",
+        default=None,
+        help="run only these of online.methods and online.checkpoints (the summary: all)",
     )
     parser.add_argument(
         "--summary-only", action="store_true", help="only redraw the figure and tables from the runs on disk"
     )
 
 
-def run_params(params: config.Params, method: str, seed: int) -> config.Params:
-    """The parameters of one run: `online.finetune` on top of `finetune`, its method, seed, MLflow
-    experiment, and the method's default pre-trained checkpoint."""
+def run_params(params: config.Params, name: str, seed: int) -> config.Params:
+    """The parameters of run `name` (a method of `online.methods` or a run of `online.checkpoints`):
+    `online.finetune` on top of `finetune`, its method, seed, MLflow experiment, and its pre-trained
+    checkpoint (the method's default one for a method)."""
     from prelar.agent.finetune import with_pretrained
 
     updates = {f"finetune.{k}": v for k, v in params.online.finetune.items()}
+    spec = params.online.checkpoints.get(name)
     updates.update({
-        "finetune.method": method,
+        "finetune.method": spec.method if spec else name,
         "finetune.seed": seed,
         "mlflow.experiment": params.online.experiment,
     })
+    if spec:
+        updates["finetune.pretrained"] = spec.pretrained
     return with_pretrained(config.override(params, updates))
 
 
-def run_folder(params: config.Params, method: str, seed: int) -> Path:
-    return Path(params.online.out) / method / f"seed{seed}"
+def run_folder(params: config.Params, name: str, seed: int) -> Path:
+    return Path(params.online.out) / name / f"seed{seed}"
 
 
 def run(params: config.Params, args: argparse.Namespace) -> int:
     online = params.online
-    chosen = args.methods or list(online.methods)
-    unknown = sorted(set(chosen) - set(online.methods))
+    chosen = args.methods or online.runs
+    unknown = sorted(set(chosen) - set(online.runs))
     if unknown:
-        raise config.ConfigError(f"--methods: {unknown} are not in online.methods ({online.methods})")
-    base = run_params(params, online.methods[0], online.seeds[0]).finetune
+        raise config.ConfigError(
+            f"--methods: {unknown} are not in online.methods or online.checkpoints ({online.runs})"
+        )
+    base = run_params(params, online.runs[0], online.seeds[0]).finetune
     if base.eval_every > base.env_steps:
         raise config.ConfigError(
             f"online.finetune: eval_every {base.eval_every} > env_steps {base.env_steps}: the runs would "
@@ -117,7 +127,7 @@ def collect(params: config.Params) -> tuple[pd.DataFrame, list[str]]:
     from prelar.agent.finetune import CURVE
 
     tables, unfinished = [], []
-    for method in params.online.methods:
+    for method in params.online.runs:
         for seed in params.online.seeds:
             folder = run_folder(params, method, seed)
             if not (folder / CURVE).exists():

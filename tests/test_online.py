@@ -54,6 +54,25 @@ def test_online_values_must_be_plain_finetune_parameters():
         config.Online(methods=[])
 
 
+def test_a_named_checkpoint_run_fine_tunes_its_method_from_its_own_checkpoint(capsys):
+    params = config.override(config.load(ROOT / "params.yaml"), {
+        "online.checkpoints": {"prelar_beta_a_0.01": {"method": "prelar", "pretrained": "s/seed0/ckpt.pt"}}
+    })
+    assert params.online.runs == ["dreamerv2", "apv", "prelar", "prelar_beta_a_0.01"]
+    named = online.run_params(params, "prelar_beta_a_0.01", 2).finetune
+    assert (named.method, named.pretrained, named.seed) == ("prelar", "s/seed0/ckpt.pt", 2)
+    assert named.task == params.online.finetune["task"]  # the study's protocol, as for every other run
+    default = online.run_params(params, "prelar", 2).finetune
+    assert default.pretrained == str(Path(params.pretrain.out) / "prelar" / checkpoint.FILENAME)
+    assert online.run_folder(params, "prelar_beta_a_0.01", 2) == Path("runs/online/prelar_beta_a_0.01/seed2")
+    with pytest.raises(ValueError, match=r"\['prelar'\] are also online.methods"):
+        config.Online(checkpoints={"prelar": {"method": "prelar", "pretrained": "x.pt"}})
+    with pytest.raises(ValueError, match="dreamerv2 loads no pre-trained checkpoint"):
+        config.Online(checkpoints={"scratch": {"method": "dreamerv2", "pretrained": "x.pt"}})
+    assert cli.main(["online", "--params", str(ROOT / "params.yaml"), "--methods", "prelar_beta_a_0.1"]) != 0
+    assert "['prelar_beta_a_0.1'] are not in online.methods or online.checkpoints" in capsys.readouterr().err
+
+
 def test_random_policy_plays_the_evaluation_episodes_as_the_study_runs_them():
     cfg = config.Finetune(task="reach-v3", action_repeat=3, max_episode_steps=6, env_steps=12, eval_every=6,
                           eval_episodes=2)
