@@ -9,6 +9,7 @@ with `weights_only=True` (no arbitrary unpickling).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import tempfile
@@ -102,6 +103,15 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ValueError(f"{path}: not a prelar checkpoint (format {FORMAT}); delete it or point elsewhere")
     return ckpt
+
+
+def digest(path: str | Path) -> str:
+    """The md5 of a checkpoint file's bytes: which checkpoint a result came from, wherever the file lies."""
+    md5 = hashlib.md5()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            md5.update(chunk)
+    return md5.hexdigest()
 
 
 def load_world_model(path: str | Path, device: str | torch.device = "cpu"):

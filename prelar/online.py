@@ -49,6 +49,7 @@ RATE = (0.0, 1.0)  # a success rate's range: its intervals are clipped to it
 BOUNDS = {"final_success": RATE, "mean_success": RATE}
 RANDOM_ACTIONS = 4  # seed stream of the random policy's actions (finetune's streams are 0-3)
 # finetune parameters that do not change what a run learns or how it is evaluated
+# (pretrained: compared by what the file holds, `other_pretrained`)
 UNCOMPARED = {"out", "log_every", "checkpoint_every", "device", "video_fps", "pretrained", "env_steps"}
 
 
@@ -124,7 +125,7 @@ def collect(params: config.Params) -> tuple[pd.DataFrame, list[str]]:
     `env_steps`, and the folders of unfinished runs. A run that ran with other parameters than the study's
     now is a ConfigError naming its folder."""
     from prelar import checkpoint
-    from prelar.agent.finetune import CURVE
+    from prelar.agent.finetune import CURVE, other_pretrained
 
     tables, unfinished = [], []
     for method in params.online.runs:
@@ -133,14 +134,19 @@ def collect(params: config.Params) -> tuple[pd.DataFrame, list[str]]:
             if not (folder / CURVE).exists():
                 continue
             cfg = run_params(params, method, seed).finetune
-            ran = checkpoint.load(folder / checkpoint.FILENAME, map_location="cpu")["extra"]["finetune"]
-            now = cfg.model_dump()
-            changed = sorted(k for k in now if k not in UNCOMPARED and ran.get(k) != now[k])
+            extra = checkpoint.load(folder / checkpoint.FILENAME, map_location="cpu")["extra"]
+            ran, now = extra["finetune"], cfg.model_dump()
+            changed = [
+                f"finetune.{k}: {ran.get(k)!r}, now {now[k]!r}"
+                for k in sorted(now)
+                if k not in UNCOMPARED and ran.get(k) != now[k]
+            ]
+            if other := other_pretrained(extra, cfg.pretrained):
+                changed.append(other)
             if changed:
                 raise config.ConfigError(
-                    f"{folder}: ran with other parameters ("
-                    + ", ".join(f"finetune.{k}: {ran.get(k)!r}, now {now[k]!r}" for k in changed)
-                    + "); delete the folder to run it again, or give online.out another folder"
+                    f"{folder}: ran with other parameters ({', '.join(changed)}); delete the folder to run "
+                    "it again, or give online.out another folder"
                 )
             curve = pd.read_csv(folder / CURVE)
             if curve.empty or curve["env_step"].max() < cfg.env_steps:

@@ -333,7 +333,7 @@ def offline_transfer(params: config.Params, runs: list[str]) -> pd.DataFrame:
     results, todo = {}, []
     for name, seed, path in jobs:
         folder = Path(study.out) / SCRATCH / f"seed{seed}" if path is None else path.parent
-        digest = None if path is None else hashlib.md5(path.read_bytes()).hexdigest()
+        digest = None if path is None else checkpoints.digest(path)
         settings = {**common, "seed": seed, "checkpoint_md5": digest}
         key = hashlib.md5(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
         if (kept := _kept(folder / "transfer" / f"{key}.json", settings)) is not None:

@@ -238,3 +238,28 @@ def test_a_run_saved_before_a_parameter_existed_resumes_when_it_has_its_default(
     with pytest.raises(config.ConfigError, match=r"finetune.action_repeat: 1 → 2"):
         _check_resumable(tmp_path / "checkpoint.pt", {"extra": {"finetune": saved}},
                          cfg.model_copy(update={"action_repeat": 2}))
+
+
+def test_a_run_resumes_only_from_the_pre_trained_checkpoint_it_started_from(tmp_path):
+    from prelar.agent.finetune import _check_resumable
+
+    first, other, moved = tmp_path / "a.pt", tmp_path / "b.pt", tmp_path / "moved" / "a.pt"
+    first.write_bytes(b"pre-trained once")
+    other.write_bytes(b"pre-trained again")  # the same path re-pre-trained, or another run's checkpoint
+    moved.parent.mkdir()
+    moved.write_bytes(first.read_bytes())
+    cfg = config.Finetune(pretrained=str(first))
+    md5 = checkpoint.digest(first)
+    extra = {"finetune": cfg.model_dump(), "pretrained": str(first), "pretrained_md5": md5}
+    run = tmp_path / "run" / "checkpoint.pt"
+    _check_resumable(run, {"extra": extra}, cfg)
+    _check_resumable(run, {"extra": extra}, cfg.model_copy(update={"pretrained": str(moved)}))  # its bytes
+    with pytest.raises(config.ConfigError, match=rf"another checkpoint \(finetune.pretrained: {other} has"):
+        _check_resumable(run, {"extra": extra}, cfg.model_copy(update={"pretrained": str(other)}))
+    first.write_bytes(other.read_bytes())  # overwritten in place: the path alone would not tell
+    with pytest.raises(config.ConfigError, match="another checkpoint"):
+        _check_resumable(run, {"extra": extra}, cfg)
+    older = {k: v for k, v in extra.items() if k != "pretrained_md5"}  # saved before the md5 was recorded
+    _check_resumable(run, {"extra": older}, cfg)
+    with pytest.raises(config.ConfigError, match=rf"finetune.pretrained: '{first}', now '{other}'"):
+        _check_resumable(run, {"extra": older}, cfg.model_copy(update={"pretrained": str(other)}))

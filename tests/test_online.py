@@ -147,6 +147,13 @@ def test_online_runs_each_method_and_seed_then_writes_curves_and_summary(
     assert cli.main(["online", "--summary-only", *common, "--set", "online.finetune.action_repeat=3"]) != 0
     error = capsys.readouterr().err
     assert "dreamerv2/seed0: ran with other parameters (finetune.action_repeat: 2, now 3)" in error
+    # nor one fine-tuned from another pre-trained checkpoint than the one its name points at now
+    shutil.copy(pretrained["prelar_no_cl"], folder / checkpoint.FILENAME)
+    assert cli.main(["online", "--summary-only", *common]) != 0
+    error = capsys.readouterr().err
+    assert "prelar/seed0: ran with other parameters (finetune.pretrained: runs/pretrain/prelar" in error
+    shutil.copy(pretrained["prelar"], folder / checkpoint.FILENAME)
+    assert cli.main(["online", "--summary-only", *common]) == 0
     # episodes too short for the action-sensitivity windows: said before any run starts
     assert cli.main(["online", *common, "--set", "evaluate.horizon=6"]) != 0
     assert "episodes of 9 steps are shorter than one open-loop window" in capsys.readouterr().err

@@ -54,7 +54,7 @@ RESUMABLE = {
     "eval_every",
     "eval_episodes",
     "video_fps",
-    "pretrained",
+    "pretrained",  # its path may change; what it holds may not (`other_pretrained`)
 }
 
 
@@ -295,6 +295,7 @@ def finetune(
             "prefilled": False,
             "mlflow_run_id": None,
             "pretrained": cfg.pretrained,
+            "pretrained_md5": checkpoint.digest(cfg.pretrained) if cfg.pretrained else None,
             "pretrained_step": pre_ckpt.get("step"),
             "pretrained_config": pre_ckpt.get("model_config"),
         }
@@ -307,9 +308,11 @@ def finetune(
                 "prefilled",
                 "mlflow_run_id",
                 "pretrained",
+                "pretrained_md5",
                 "pretrained_step",
                 "pretrained_config",
             )
+            if k in ckpt["extra"]  # pretrained_md5: not in runs saved before it was recorded
         }
         agent = restored_agent(params, ckpt, dev)
     replay = Replay(cfg.replay_capacity, cfg.segment_length, out / "replay")
@@ -498,3 +501,27 @@ def _check_resumable(path: Path, ckpt: dict[str, Any], cfg: config.Finetune) -> 
             + ", ".join(f"finetune.{k}: {saved.get(k, defaults[k])!r} → {now[k]!r}" for k in diff)
             + "); use another --out, or delete the folder to start afresh"
         )
+    if other := other_pretrained(ckpt["extra"], cfg.pretrained):
+        raise config.ConfigError(
+            f"{path}: this run folder holds a run fine-tuned from another checkpoint ({other}); "
+            "use another --out, or delete the folder to start afresh"
+        )
+
+
+def other_pretrained(extra: dict[str, Any], pretrained: str | None) -> str | None:
+    """How `pretrained` differs from the pre-trained checkpoint that the fine-tuning run whose checkpoint
+    `extra` this is started from; None if it is the same.
+
+    The same file is the same bytes (its md5, recorded when the run started), wherever it lies now; a run
+    saved before the md5 was recorded, or whose checkpoint is no longer on disk, compares the path. Where
+    the path differs only, the run need not be stale: it no longer needs the file once it has started."""
+    was, md5 = extra.get("pretrained"), extra.get("pretrained_md5")
+    if (was is None) != (pretrained is None):
+        return f"finetune.pretrained: {was!r}, now {pretrained!r}"
+    if pretrained is None:
+        return None
+    if md5 is not None and Path(pretrained).exists():
+        now = checkpoint.digest(pretrained)
+        return None if now == md5 else f"finetune.pretrained: {pretrained} has md5 {now}, the run's {md5}"
+    same = Path(was).resolve() == Path(pretrained).resolve()
+    return None if same else f"finetune.pretrained: {was!r}, now {pretrained!r}"
