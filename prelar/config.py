@@ -397,8 +397,9 @@ class Study(_Section):
     # model of `model`'s sizes trained from scratch with the true actions of the pre-training clips.
     true_action_updates: PositiveInt = 1000
     # The offline transfer of every run's checkpoint and of scratch, seed by seed (`study.offline_transfer`):
-    # `evaluate`'s transfer with these K and downstream episodes, rendered at `data`'s action repeat.
-    transfer_updates: list[NonNegativeInt] = Field([0, 100, 300], min_length=1)
+    # `evaluate`'s transfer with these K and downstream episodes, rendered at `data`'s action repeat; [] for
+    # none (the summary without it).
+    transfer_updates: list[NonNegativeInt] = [0, 100, 300]
     transfer_episodes: PositiveInt = 16
     experiment: str = "prelar-study"  # the MLflow experiment of its runs
     out: str = "runs/study"  # a run's folder: <out>/<run>/seed<seed>

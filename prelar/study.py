@@ -47,6 +47,8 @@ REFERENCE = "prelar"  # the run every other run is compared with, seed by seed
 SCRATCH = "scratch"  # the offline transfer's run without pre-training: DreamerV2 from a fresh initialisation
 YARDSTICKS = (PIXELS, SUPERVISED)  # the probe's yardsticks from the data (`probe_yardsticks`)
 COMPARED = ("pred_mse_ratio", "delta_psnr", "probe_r2", "kl_action")  # final measurements compared
+# the columns of offline_transfer's rows
+TRANSFER_COLUMNS = ["run", "seed", "updates", "mse", "psnr", "train_mse", "copy_last_mse"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -306,6 +308,9 @@ def offline_transfer(params: config.Params, runs: list[str]) -> pd.DataFrame:
         raise config.ConfigError(
             f"study.runs: '{SCRATCH}' names the offline transfer's run from scratch; rename it"
         )
+    if not study.transfer_updates:
+        print("study: no offline transfer (study.transfer_updates is empty)", flush=True)
+        return pd.DataFrame(columns=TRANSFER_COLUMNS)
     tparams = transfer_params(params)
     ev = tparams.evaluate
     jobs: list[tuple[str, int, Path | None]] = []
@@ -377,7 +382,7 @@ def offline_transfer(params: config.Params, runs: list[str]) -> pd.DataFrame:
         for m in [results[name, seed]]
         for k, mse, db, fit in zip(m["updates"], m["mse"], m["psnr"], m["train_mse"], strict=True)
     ]  # fmt: skip
-    return pd.DataFrame(rows, columns=["run", "seed", "updates", "mse", "psnr", "train_mse", "copy_last_mse"])
+    return pd.DataFrame(rows, columns=TRANSFER_COLUMNS)
 
 
 def collect(params: config.Params, runs: list[str]) -> pd.DataFrame:
