@@ -128,6 +128,7 @@ def collect(params: config.Params) -> tuple[pd.DataFrame, list[str]]:
     from prelar.agent.finetune import CURVE, other_pretrained
 
     tables, unfinished = [], []
+    defaults = config.Finetune().model_dump()
     for method in params.online.runs:
         for seed in params.online.seeds:
             folder = run_folder(params, method, seed)
@@ -135,11 +136,11 @@ def collect(params: config.Params) -> tuple[pd.DataFrame, list[str]]:
                 continue
             cfg = run_params(params, method, seed).finetune
             extra = checkpoint.load(folder / checkpoint.FILENAME, map_location="cpu")["extra"]
-            ran, now = extra["finetune"], cfg.model_dump()
+            ran, now = {**defaults, **extra["finetune"]}, cfg.model_dump()  # a key added since: its default
             changed = [
-                f"finetune.{k}: {ran.get(k)!r}, now {now[k]!r}"
+                f"finetune.{k}: {ran[k]!r}, now {now[k]!r}"
                 for k in sorted(now)
-                if k not in UNCOMPARED and ran.get(k) != now[k]
+                if k not in UNCOMPARED and ran[k] != now[k]
             ]
             if other := other_pretrained(extra, cfg.pretrained):
                 changed.append(other)

@@ -572,7 +572,7 @@ def write_summary(
         transfer.to_csv(transfer_csv, index=False)
         transfer_png.write_bytes(plots.png_bytes(_transfer_figure(transfer)))
         paths += [transfer_csv, transfer_png]
-    else:  # no run to transfer: no figure or table of an earlier study left beside this summary
+    else:  # no transfer (none asked, or no run to transfer): no earlier figure or table left beside it
         transfer_csv.unlink(missing_ok=True)
         transfer_png.unlink(missing_ok=True)
     paths[3].write_text(

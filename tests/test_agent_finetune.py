@@ -241,6 +241,8 @@ def test_a_run_saved_before_a_parameter_existed_resumes_when_it_has_its_default(
 
 
 def test_a_run_resumes_only_from_the_pre_trained_checkpoint_it_started_from(tmp_path):
+    import re
+
     from prelar.agent.finetune import _check_resumable
 
     first, other, moved = tmp_path / "a.pt", tmp_path / "b.pt", tmp_path / "moved" / "a.pt"
@@ -249,17 +251,28 @@ def test_a_run_resumes_only_from_the_pre_trained_checkpoint_it_started_from(tmp_
     moved.parent.mkdir()
     moved.write_bytes(first.read_bytes())
     cfg = config.Finetune(pretrained=str(first))
-    md5 = checkpoint.digest(first)
-    extra = {"finetune": cfg.model_dump(), "pretrained": str(first), "pretrained_md5": md5}
+    extra = {"finetune": cfg.model_dump(), "pretrained": str(first), "pretrained_config": {"deter": 32},
+             "pretrained_md5": checkpoint.digest(first)}  # fmt: skip
     run = tmp_path / "run" / "checkpoint.pt"
-    _check_resumable(run, {"extra": extra}, cfg)
-    _check_resumable(run, {"extra": extra}, cfg.model_copy(update={"pretrained": str(moved)}))  # its bytes
-    with pytest.raises(config.ConfigError, match=rf"another checkpoint \(finetune.pretrained: {other} has"):
-        _check_resumable(run, {"extra": extra}, cfg.model_copy(update={"pretrained": str(other)}))
+
+    def resume(saved: dict, pretrained: Path) -> None:
+        _check_resumable(run, {"extra": saved}, cfg.model_copy(update={"pretrained": str(pretrained)}))
+
+    resume(extra, first)
+    resume(extra, moved)  # the same bytes elsewhere
+    with pytest.raises(config.ConfigError, match=re.escape(f"'{other}' has md5 {checkpoint.digest(other)}; "
+                                                           f"the run started from '{first}'")):  # fmt: skip
+        resume(extra, other)
+    with pytest.raises(config.ConfigError, match=re.escape(f"'{tmp_path / 'c.pt'}' (no such file)")):
+        resume(extra, tmp_path / "c.pt")
     first.write_bytes(other.read_bytes())  # overwritten in place: the path alone would not tell
-    with pytest.raises(config.ConfigError, match="another checkpoint"):
-        _check_resumable(run, {"extra": extra}, cfg)
-    older = {k: v for k, v in extra.items() if k != "pretrained_md5"}  # saved before the md5 was recorded
-    _check_resumable(run, {"extra": older}, cfg)
-    with pytest.raises(config.ConfigError, match=rf"finetune.pretrained: '{first}', now '{other}'"):
-        _check_resumable(run, {"extra": older}, cfg.model_copy(update={"pretrained": str(other)}))
+    with pytest.raises(config.ConfigError, match="another pre-trained checkpoint"):
+        resume(extra, first)
+    first.unlink()  # gone: a started run no longer needs it, and its path is the run's
+    resume(extra, first)
+    older = {**extra, "pretrained_md5": None}  # saved before the md5 was recorded: the paths are compared
+    resume(older, first)
+    with pytest.raises(config.ConfigError, match=re.escape(f"'{other}'; the run started from '{first}'")):
+        resume(older, other)
+    scratch = {**extra, "pretrained_config": None}  # DreamerV2 from scratch loaded no checkpoint
+    resume(scratch, other)

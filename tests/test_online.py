@@ -151,7 +151,8 @@ def test_online_runs_each_method_and_seed_then_writes_curves_and_summary(
     shutil.copy(pretrained["prelar_no_cl"], folder / checkpoint.FILENAME)
     assert cli.main(["online", "--summary-only", *common]) != 0
     error = capsys.readouterr().err
-    assert "prelar/seed0: ran with other parameters (finetune.pretrained: runs/pretrain/prelar" in error
+    assert "prelar/seed0: ran with other parameters (finetune.pretrained: 'runs/pretrain/prelar" in error
+    assert "the run started from 'runs/pretrain/prelar" in error
     shutil.copy(pretrained["prelar"], folder / checkpoint.FILENAME)
     assert cli.main(["online", "--summary-only", *common]) == 0
     # episodes too short for the action-sensitivity windows: said before any run starts

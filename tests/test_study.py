@@ -179,15 +179,17 @@ def test_study_trains_each_run_and_seed_then_writes_curves_and_summary(tmp_path,
     assert cli.main(longer) == 0  # other transfer settings: measured, and kept beside the first
     assert len(list(transfer_kept.parent.glob("*.json"))) == 2 and transfer_kept.exists()
     assert sorted(pd.read_csv(docs / "transfer.csv")["updates"].unique()) == [0, 3]
+    capsys.readouterr()
+    assert cli.main([*again, "--set", "study.transfer_updates=[]"]) == 0  # the summary without a transfer
+    assert "no offline transfer (study.transfer_updates is empty)" in capsys.readouterr().out
+    assert "## Offline transfer" not in (docs / "summary.md").read_text()
+    assert not (docs / "transfer.csv").exists() and not (docs / "transfer.png").exists()
     unfinished = [*again, "--set", "study.steps=3"]  # every checkpoint is at update 2 of 3 now
     assert cli.main(unfinished) == 0
     said = capsys.readouterr().out
     assert "no offline transfer of prelar seed 0: its checkpoint is at update 2 of 3" in said
     assert "## Offline transfer" not in (docs / "summary.md").read_text()
     assert not (docs / "transfer.csv").exists() and not (docs / "transfer.png").exists()  # none left stale
-    assert cli.main([*again, "--set", "study.transfer_updates=[]"]) == 0  # the summary without a transfer
-    assert "no offline transfer (study.transfer_updates is empty)" in capsys.readouterr().out
-    assert "## Offline transfer" not in (docs / "summary.md").read_text() and (docs / "summary.md").exists()
 
 
 def test_the_study_renders_its_own_shards_and_says_how_when_they_are_missing(tmp_path, monkeypatch, capsys):

@@ -54,7 +54,7 @@ RESUMABLE = {
     "eval_every",
     "eval_episodes",
     "video_fps",
-    "pretrained",  # its path may change; what it holds may not (`other_pretrained`)
+    "pretrained",  # compared by what the file holds, not by its path (`other_pretrained`)
 }
 
 
@@ -289,13 +289,15 @@ def finetune(
         _check_resumable(path, ckpt, cfg)
     torch.manual_seed(seeding.mix(cfg.seed, TORCH_STREAM))
     if ckpt is None:
+        loads = methods.method(cfg.method).pretrained and Path(cfg.pretrained or "").is_file()
+        md5 = checkpoint.digest(cfg.pretrained) if loads else None
         pretrained, pre_ckpt = load_pretrained(cfg.method, cfg.pretrained, params.model)
         extra: dict[str, Any] = {
             "curve": [],
             "prefilled": False,
             "mlflow_run_id": None,
             "pretrained": cfg.pretrained,
-            "pretrained_md5": checkpoint.digest(cfg.pretrained) if cfg.pretrained else None,
+            "pretrained_md5": md5,
             "pretrained_step": pre_ckpt.get("step"),
             "pretrained_config": pre_ckpt.get("model_config"),
         }
@@ -308,12 +310,11 @@ def finetune(
                 "prefilled",
                 "mlflow_run_id",
                 "pretrained",
-                "pretrained_md5",
                 "pretrained_step",
                 "pretrained_config",
             )
-            if k in ckpt["extra"]  # pretrained_md5: not in runs saved before it was recorded
         }
+        extra["pretrained_md5"] = ckpt["extra"].get("pretrained_md5")  # None: saved before it was recorded
         agent = restored_agent(params, ckpt, dev)
     replay = Replay(cfg.replay_capacity, cfg.segment_length, out / "replay")
     rng = np.random.default_rng(seeding.mix(cfg.seed, NUMPY_STREAM))
@@ -503,25 +504,29 @@ def _check_resumable(path: Path, ckpt: dict[str, Any], cfg: config.Finetune) -> 
         )
     if other := other_pretrained(ckpt["extra"], cfg.pretrained):
         raise config.ConfigError(
-            f"{path}: this run folder holds a run fine-tuned from another checkpoint ({other}); "
-            "use another --out, or delete the folder to start afresh"
+            f"{path}: this run folder holds a run fine-tuned from another pre-trained checkpoint ({other}); "
+            "point finetune.pretrained at the one it started from, use another --out (`prelar online`: "
+            "online.out), or delete the folder to start afresh"
         )
 
 
 def other_pretrained(extra: dict[str, Any], pretrained: str | None) -> str | None:
-    """How `pretrained` differs from the pre-trained checkpoint that the fine-tuning run whose checkpoint
-    `extra` this is started from; None if it is the same.
+    """Why `pretrained` is not the pre-trained checkpoint that a fine-tuning run started from (`extra`: the
+    run's checkpoint's); None if it is, or if the run loaded none (DreamerV2 from scratch).
 
-    The same file is the same bytes (its md5, recorded when the run started), wherever it lies now; a run
-    saved before the md5 was recorded, or whose checkpoint is no longer on disk, compares the path. Where
-    the path differs only, the run need not be stale: it no longer needs the file once it has started."""
-    was, md5 = extra.get("pretrained"), extra.get("pretrained_md5")
-    if (was is None) != (pretrained is None):
-        return f"finetune.pretrained: {was!r}, now {pretrained!r}"
-    if pretrained is None:
+    The same checkpoint is the same bytes (the md5 recorded when the run started), wherever it lies now. A
+    run saved before the md5 was recorded compares the resolved paths instead, and so does a run whose
+    checkpoint is no longer on disk: a run needs it only to start, so the same path, gone, is accepted."""
+    if extra.get("pretrained_config") is None:
         return None
-    if md5 is not None and Path(pretrained).exists():
-        now = checkpoint.digest(pretrained)
-        return None if now == md5 else f"finetune.pretrained: {pretrained} has md5 {now}, the run's {md5}"
-    same = Path(was).resolve() == Path(pretrained).resolve()
-    return None if same else f"finetune.pretrained: {was!r}, now {pretrained!r}"
+    was, md5 = extra.get("pretrained"), extra.get("pretrained_md5")
+    now = Path(pretrained) if pretrained else None
+    if now is not None and now.is_file() and md5 is not None:
+        digest = checkpoint.digest(now)
+        if digest == md5:
+            return None
+        return f"finetune.pretrained: {pretrained!r} has md5 {digest}; the run started from {was!r}, {md5}"
+    if now is not None and was is not None and Path(was).resolve() == now.resolve():
+        return None
+    gone = " (no such file)" if now is not None and not now.is_file() else ""
+    return f"finetune.pretrained: {pretrained!r}{gone}; the run started from {was!r}"
