@@ -49,7 +49,7 @@ RATE = (0.0, 1.0)  # a success rate's range: its intervals are clipped to it
 BOUNDS = {"final_success": RATE, "mean_success": RATE}
 RANDOM_ACTIONS = 4  # seed stream of the random policy's actions (finetune's streams are 0-3)
 # finetune parameters that do not change what a run learns or how it is evaluated
-# (pretrained: compared by what the file holds, `other_pretrained`)
+# (pretrained: compared by what the file holds, `finetune.other_pretrained`)
 UNCOMPARED = {"out", "log_every", "checkpoint_every", "device", "video_fps", "pretrained", "env_steps"}
 
 
@@ -125,10 +125,9 @@ def collect(params: config.Params) -> tuple[pd.DataFrame, list[str]]:
     `env_steps`, and the folders of unfinished runs. A run that ran with other parameters than the study's
     now is a ConfigError naming its folder."""
     from prelar import checkpoint
-    from prelar.agent.finetune import CURVE, other_pretrained
+    from prelar.agent.finetune import CURVE, differences
 
     tables, unfinished = [], []
-    defaults = config.Finetune().model_dump()
     for method in params.online.runs:
         for seed in params.online.seeds:
             folder = run_folder(params, method, seed)
@@ -136,14 +135,7 @@ def collect(params: config.Params) -> tuple[pd.DataFrame, list[str]]:
                 continue
             cfg = run_params(params, method, seed).finetune
             extra = checkpoint.load(folder / checkpoint.FILENAME, map_location="cpu")["extra"]
-            ran, now = {**defaults, **extra["finetune"]}, cfg.model_dump()  # a key added since: its default
-            changed = [
-                f"finetune.{k}: {ran[k]!r}, now {now[k]!r}"
-                for k in sorted(now)
-                if k not in UNCOMPARED and ran[k] != now[k]
-            ]
-            if other := other_pretrained(extra, cfg.pretrained):
-                changed.append(other)
+            changed = differences(extra, cfg, UNCOMPARED, ", now")
             if changed:
                 raise config.ConfigError(
                     f"{folder}: ran with other parameters ({', '.join(changed)}); delete the folder to run "

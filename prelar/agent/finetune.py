@@ -491,23 +491,29 @@ def _write_curve(path: Path, rows: list[dict[str, float]]) -> None:
 
 def _check_resumable(path: Path, ckpt: dict[str, Any], cfg: config.Finetune) -> None:
     """A run folder continues only the run it holds: the learning parameters must be the same."""
-    saved = ckpt["extra"].get("finetune", {})
-    now = cfg.model_dump()
-    # a key added since the run was saved held its default then
-    defaults = config.Finetune().model_dump()
-    diff = sorted(k for k in now if k not in RESUMABLE and saved.get(k, defaults[k]) != now[k])
+    diff = differences(ckpt["extra"], cfg, RESUMABLE, " →")
     if diff:
         raise config.ConfigError(
-            f"{path}: this run folder holds a run with other parameters ("
-            + ", ".join(f"finetune.{k}: {saved.get(k, defaults[k])!r} → {now[k]!r}" for k in diff)
-            + "); use another --out, or delete the folder to start afresh"
+            f"{path}: this run folder holds a run with other parameters or another pre-trained checkpoint "
+            f"({', '.join(diff)}); use another --out "
+            "(`prelar online`: online.out), or delete the folder to start afresh"
         )
-    if other := other_pretrained(ckpt["extra"], cfg.pretrained):
-        raise config.ConfigError(
-            f"{path}: this run folder holds a run fine-tuned from another pre-trained checkpoint ({other}); "
-            "point finetune.pretrained at the one it started from, use another --out (`prelar online`: "
-            "online.out), or delete the folder to start afresh"
-        )
+
+
+def differences(extra: dict[str, Any], cfg: config.Finetune, ignored: set[str], sep: str) -> list[str]:
+    """What differs between the fine-tuning run whose checkpoint's `extra` this is and `cfg`, one line each
+    ("finetune.<key>: <then><sep> <now>"): every parameter not in `ignored` (a key added since the run was
+    saved held its default then), and the pre-trained checkpoint (`other_pretrained`)."""
+    saved = {**config.Finetune().model_dump(), **extra.get("finetune", {})}
+    now = cfg.model_dump()
+    diff = [
+        f"finetune.{k}: {saved[k]!r}{sep} {now[k]!r}"
+        for k in sorted(now)
+        if k not in ignored and saved[k] != now[k]
+    ]
+    if other := other_pretrained(extra, cfg.pretrained):
+        diff.append(other)
+    return diff
 
 
 def other_pretrained(extra: dict[str, Any], pretrained: str | None) -> str | None:
