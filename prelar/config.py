@@ -394,8 +394,9 @@ class Study(_Section):
     supervised_batch_size: PositiveInt = 64
     supervised_lr: PositiveFloat = 1e-3
     # The prediction's yardstick from labels (`study.true_action_model`, not in the papers): DreamerV2's world
-    # model of `model`'s sizes trained from scratch with the true actions of the pre-training clips.
-    true_action_updates: PositiveInt = 1000
+    # model of `model`'s sizes trained from scratch with the true actions of the pre-training clips; 0 for
+    # none (the summary without it).
+    true_action_updates: NonNegativeInt = 1000
     # The offline transfer of every run's checkpoint and of scratch, seed by seed (`study.offline_transfer`):
     # `evaluate`'s transfer with these K and downstream episodes, rendered at `data`'s action repeat; [] for
     # none (the summary without it).

@@ -150,7 +150,7 @@ def probe_yardsticks(params: config.Params, shards: list[str]) -> dict[str, floa
     return {method: float(np.mean([r["r2"] for r in rows if r["method"] == method])) for method in YARDSTICKS}
 
 
-def true_action_model(params: config.Params, shards: list[str]) -> dict[str, Any]:
+def true_action_model(params: config.Params, shards: list[str]) -> dict[str, Any] | None:
     """The prediction's yardstick from labels: what a world model of the same sizes does with the *true*
     action. DreamerV2's (the `dreamerv2` method's fine-tuning model: real actions into the RSSM, Eq. 11 with
     the reward heads) is trained from scratch on the pre-training clips with their actions and rewards, for
@@ -160,7 +160,8 @@ def true_action_model(params: config.Params, shards: list[str]) -> dict[str, Any
     another window's true actions.
 
     The result is kept in `<study.out>/true_actions/seed<seed>.json` with the settings it was measured
-    with, and measured again only when they change (a run takes as long as a study run)."""
+    with, and measured again only when they change (a run takes as long as a study run). None when
+    `study.true_action_updates` is 0."""
     import torch
     from tqdm import tqdm
 
@@ -171,6 +172,9 @@ def true_action_model(params: config.Params, shards: list[str]) -> dict[str, Any
     from prelar.evaluate.prediction import copy_last_frame_mse, real_action_prediction
 
     study, loader, ev = params.study, params.loader, params.evaluate
+    if study.true_action_updates == 0:
+        print("study: no true-action world model (study.true_action_updates is 0)", flush=True)
+        return None
     settings = {
         "shards": [str(s) for s in shards], "data": study.data, "seed": params.seed,
         "updates": study.true_action_updates, "batch": [loader.batch_size, loader.segment_length],
@@ -539,16 +543,30 @@ def _transfer_section(rows: pd.DataFrame) -> tuple[str, dict[str, Any]]:
     return text, {**metrics, "copy_last_frame_mse": copy_last}
 
 
+def _true_action_text(true_actions: dict[str, Any] | None) -> str:
+    if true_actions is None:
+        return "The prediction's yardstick from labels: not measured (`study.true_action_updates` is 0).\n\n"
+    return (
+        "The prediction's yardstick from labels (not in the papers): DreamerV2's world model of the same "
+        "sizes trained from scratch with the true actions of the pre-training clips for "
+        f"{true_actions['updates']:,} updates, on {true_actions['windows']} windows of the held-out clips: "
+        f"open-loop MSE / copy-last-frame {true_actions['pred_mse_ratio']:.3f} "
+        f"({true_actions['pred_mse']:.5f} vs {true_actions['pred_copy_last_frame_mse']:.5f}), ΔPSNR with its "
+        f"own vs another window's true actions {true_actions['delta_psnr']:.3f} dB.\n\n"
+    )
+
+
 def write_summary(
     points: pd.DataFrame,
     docs: Path,
     yardsticks: dict[str, float],
-    true_actions: dict[str, Any],
+    true_actions: dict[str, Any] | None,
     transfer: pd.DataFrame,
 ) -> list[Path]:
     """The study's figure and tables in `docs`, with the probe's yardsticks from the data (`YARDSTICKS` →
-    R², `probe_yardsticks`: same clips and splits), the true-action world model (`true_action_model`) and
-    the offline transfer (`offline_transfer`'s rows; none written when empty); returns their paths."""
+    R², `probe_yardsticks`: same clips and splits), the true-action world model (`true_action_model`; none
+    written when None) and the offline transfer (`offline_transfer`'s rows; none written when empty);
+    returns their paths."""
     from prelar.evaluate import plots
 
     docs.mkdir(parents=True, exist_ok=True)
@@ -586,12 +604,7 @@ def write_summary(
         f"(no model): R² {yardsticks[PIXELS]:.3f}; and on the same inverse dynamics encoder trained with the "
         "true actions of the pre-training clips (the ceiling, not in the papers): "
         f"R² {yardsticks[SUPERVISED]:.3f}.\n\n"
-        "The prediction's yardstick from labels (not in the papers): DreamerV2's world model of the same "
-        "sizes trained from scratch with the true actions of the pre-training clips for "
-        f"{true_actions['updates']:,} updates, on {true_actions['windows']} windows of the held-out clips: "
-        f"open-loop MSE / copy-last-frame {true_actions['pred_mse_ratio']:.3f} "
-        f"({true_actions['pred_mse']:.5f} vs {true_actions['pred_copy_last_frame_mse']:.5f}), ΔPSNR with its "
-        f"own vs another window's true actions {true_actions['delta_psnr']:.3f} dB.\n\n"
+        + _true_action_text(true_actions)
         + markdown(table)
         + (
             f"\n\nEach run minus `{REFERENCE}`, seed by seed (the same seed: the same batches, and the same "

@@ -184,6 +184,12 @@ def test_study_trains_each_run_and_seed_then_writes_curves_and_summary(tmp_path,
     assert "no offline transfer (study.transfer_updates is empty)" in capsys.readouterr().out
     assert "## Offline transfer" not in (docs / "summary.md").read_text()
     assert not (docs / "transfer.csv").exists() and not (docs / "transfer.png").exists()
+    kept_before = kept.read_text()
+    assert cli.main([*again, "--set", "study.true_action_updates=0"]) == 0  # the summary without it
+    assert "no true-action world model (study.true_action_updates is 0)" in capsys.readouterr().out
+    assert "yardstick from labels: not measured" in (docs / "summary.md").read_text()
+    assert json.loads((docs / "summary.json").read_text())["true_action_model"] is None
+    assert kept.read_text() == kept_before  # the kept measurement stays for the settings it was made with
     unfinished = [*again, "--set", "study.steps=3"]  # every checkpoint is at update 2 of 3 now
     assert cli.main(unfinished) == 0
     said = capsys.readouterr().out
