@@ -301,6 +301,9 @@ class Evaluate(_Section):
     probe_test_fraction: float = Field(0.3, gt=0, lt=1)  # episodes the ridge probe is scored on
     probe_alpha: float | None = None  # ridge penalty; None: chosen by cross-validation over fit episodes
     probe_alphas: list[float] = Field([1e-2, 1e-1, 1.0, 1e1, 1e2, 1e3, 1e4, 1e5], min_length=1)  # the choices
+    # the probe's fit side: its own clips' fit episodes ("held_out"), or those and every clip of the
+    # pre-training split ("pretraining": their actions are stored, never trained on; same test episodes)
+    probe_fit: Literal["held_out", "pretraining"] = "held_out"
     controllability_windows: PositiveInt = 24  # held-out windows of context + horizon frames (several a clip)
     transfer_tasks: list[str] = ["drawer-open-v3"]  # downstream tasks: never in data.metaworld.tasks
     transfer_episodes: PositiveInt = 8  # per task, noisy scripted expert, true actions and rewards

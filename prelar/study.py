@@ -31,7 +31,14 @@ import pandas as pd
 
 from prelar import config
 from prelar import metrics as names
-from prelar.evaluate.probe import PIXELS, SUPERVISED, pixel_difference_probe, probe_clips, supervised_probe
+from prelar.evaluate.probe import (
+    PIXELS,
+    SUPERVISED,
+    pixel_difference_probe,
+    probe_clips,
+    probe_fit_clips,
+    supervised_probe,
+)
 from prelar.over_seeds import (
     cell,
     differences_json,
@@ -124,7 +131,7 @@ def run(params: config.Params, args: argparse.Namespace) -> int:
                     variant=study.runs[name].variant,
                 )
     points = collect(params, names_)
-    yardsticks = probe_yardsticks(params, shards)
+    yardsticks = probe_yardsticks(params, shards, points)
     true_actions = true_action_model(params, shards)
     written = write_summary(
         points, Path(study.docs), yardsticks, true_actions, offline_transfer(params, names_)
@@ -133,19 +140,30 @@ def run(params: config.Params, args: argparse.Namespace) -> int:
     return 0
 
 
-def probe_yardsticks(params: config.Params, shards: list[str]) -> dict[str, float]:
+def probe_yardsticks(params: config.Params, shards: list[str], points: pd.DataFrame) -> dict[str, float]:
     """The probe's yardsticks on the study's probe clips and splits, mean R² over `evaluate.seeds`: the
     ridge probe on one-step pixel differences (`PIXELS`, no model) and on an inverse dynamics encoder fit
-    to the true actions of the pre-training clips (`SUPERVISED`, the ceiling; `study.supervised_*`)."""
+    to the true actions of the pre-training clips (`SUPERVISED`, the ceiling; `study.supervised_*`), the ridge
+    fit as `evaluate.probe_fit` says. A ConfigError when the runs' curve `points` fit their probes otherwise
+    (their `probe_fit_clips`; none in curves from before it was recorded: `held_out`)."""
     from prelar.data.shards import iter_clips
     from prelar.device import resolve_device
 
     study, cfg = params.study, params.evaluate
-    clips, _ = probe_clips(shards, params)
+    clips, split = probe_clips(shards, params)
+    fit_clips = probe_fit_clips(shards, params, split)
+    probed = points[points["probe_r2"].notna()] if "probe_r2" in points else points.iloc[:0]
+    runs_fit = set(probed.get("probe_fit_clips", pd.Series(0.0, index=probed.index)).fillna(0).astype(int))
+    if runs_fit - {len(fit_clips)}:
+        raise config.ConfigError(
+            f"the runs' probes fit on {sorted(runs_fit)} pre-training clips, the yardsticks' would fit on "
+            f"{len(fit_clips)} (evaluate.probe_fit={cfg.probe_fit}): summarise with the evaluate.probe_fit "
+            "the runs were trained with"
+        )
     train = list(iter_clips(shards, split="train", holdout_fraction=params.loader.holdout_fraction))
-    rows = pixel_difference_probe(clips, cfg) + supervised_probe(
+    rows = pixel_difference_probe(clips, cfg, fit_clips) + supervised_probe(
         train, clips, cfg, params.model, study.supervised_updates, study.supervised_batch_size,
-        study.supervised_lr, resolve_device(cfg.device),
+        study.supervised_lr, resolve_device(cfg.device), fit_clips,
     )
     return {method: float(np.mean([r["r2"] for r in rows if r["method"] == method])) for method in YARDSTICKS}
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from test_pretrain import point_mass_clips
+from test_pretrain import point_mass_clips, tiny_params
 
 from prelar import config
 from prelar.evaluate import probe
@@ -130,3 +130,44 @@ def test_supervised_ceiling_learns_the_action_that_an_untrained_encoder_does_not
     with pytest.raises(ValueError, match="clips with actions"):
         probe.fit_inverse_dynamics([c.__class__(frames=c.frames, actions=None, meta=c.meta) for c in train],
                                    TINY, updates=1, batch_size=2, lr=1e-3, seed=0, dev=cpu)
+
+
+def test_more_fit_episodes_read_more_of_the_action_on_the_same_test_episodes():
+    clips = _panning_clips(episodes=16, frames=4)  # 3 actions an episode: 2 episodes fit a poor probe
+    probed, extra = clips[:4], clips[4:]  # `evaluate.probe_fit: pretraining` adds the pre-training clips
+    cfg = config.Evaluate(seeds=[0], precision="fp32", probe_test_fraction=0.5)
+    narrow = probe.pixel_difference_probe(probed, cfg)[0]
+    wide = probe.pixel_difference_probe(probed, cfg, extra)[0]
+    assert (narrow["fit_episodes"], wide["fit_episodes"]) == (2, 14)
+    assert narrow["test_frames"] == wide["test_frames"] == 2 * 3
+    assert wide["r2"] > 0.7 and wide["r2"] > narrow["r2"] + 0.3, (narrow, wide)
+
+
+def test_pretraining_fit_takes_the_pretraining_clips_and_never_a_scored_episode(tmp_path):
+    from prelar.data.shards import write_shards
+
+    shards = tmp_path / "shards"
+    write_shards(point_mass_clips(episodes=8), shards, clips_per_shard=2)  # 2 cameras: 16 clips
+    params = config.override(tiny_params("unused"), {  # (loader.holdout_fraction 0.5)
+        "evaluate.min_holdout_episodes": 2, "evaluate.probe_fit": "pretraining", "evaluate.probe_alpha": 1.0,
+        "evaluate.precision": "fp32",
+    })  # fmt: skip
+    clips, split = probe.probe_clips(shards, params)
+    fit_clips = probe.probe_fit_clips(shards, params, split)
+    assert split == "holdout" and fit_clips
+    assert len(clips) + len(fit_clips) == 16
+    assert not {c.meta["id"] for c in clips} & {c.meta["id"] for c in fit_clips}
+    assert probe.probe_fit_clips(shards, params, "all") == []  # the probe's clips are every clip
+    held_out = config.override(params, {"evaluate.probe_fit": "held_out"})
+    assert probe.probe_fit_clips(shards, held_out, split) == []
+
+    torch.manual_seed(0)
+    model = {"model": WorldModel(params.model)}
+    cpu = torch.device("cpu")
+    narrow = probe.latent_action_probe(model, clips, params.evaluate, None, cpu)[0]
+    wide = probe.latent_action_probe(model, clips, params.evaluate, None, cpu, fit_clips)[0]
+    scored = {probe.episode_key(c) for c in clips}  # the other camera of a scored episode never fits
+    added = {probe.episode_key(c) for c in fit_clips} - scored
+    assert wide["fit_episodes"] == narrow["fit_episodes"] + len(added) and added
+    assert (wide["test_episodes"], wide["test_frames"]) == (narrow["test_episodes"], narrow["test_frames"])
+    assert wide["r2"] != narrow["r2"]

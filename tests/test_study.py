@@ -9,6 +9,7 @@ import pytest
 
 from prelar import cli, config, over_seeds, study
 from prelar.data.shards import write_shards
+from prelar.evaluate import probe
 from tests.test_pretrain import REPO, point_mass_clips
 
 
@@ -228,3 +229,20 @@ def test_a_study_run_must_name_a_registered_variant_and_model_keys():
         config.resolve({"study": {"runs": {"x": {"variant": "prelar", "model": {"beta_z": 1.0}}}}})
     with pytest.raises(config.ConfigError, match="contradict"):
         config.resolve({"study": {"runs": {"x": {"variant": "apv", "model": {"action_free": False}}}}})
+
+
+def test_the_yardsticks_fit_their_probe_as_the_runs_did_or_refuse(tmp_path):
+    write_shards(point_mass_clips(episodes=8), tmp_path, clips_per_shard=2)
+    params = config.resolve({
+        "loader": {"holdout_fraction": 0.5},
+        "model": {"cnn_width": 8, "deter": 32, "hidden": 32, "stoch": 4, "classes": 4},
+        "evaluate": {"min_holdout_episodes": 2, "probe_fit": "pretraining", "precision": "fp32",
+                     "device": "cpu"},
+        "study": {"supervised_updates": 2, "supervised_batch_size": 4},
+    })  # fmt: skip
+    old = pd.DataFrame({"run": ["prelar", "apv"], "seed": 0, "step": 0, "probe_r2": [0.1, None]})
+    with pytest.raises(config.ConfigError, match=r"on \[0\] pre-training clips.*probe_fit=pretraining"):
+        study.probe_yardsticks(params, [str(tmp_path)], old)  # curves from before the count: held_out
+    fit = len(probe.probe_fit_clips([str(tmp_path)], params, "holdout"))
+    wide = old.assign(probe_fit_clips=[fit, None])  # (the action-free run has no probe)
+    assert set(study.probe_yardsticks(params, [str(tmp_path)], wide)) == set(study.YARDSTICKS)

@@ -65,13 +65,17 @@ class Monitor:
                 f"pretrain.eval_clips={cfg.eval_clips})"
             )
         self.probe_clips: list = []
+        self.probe_fit_clips: list = []  # `evaluate.probe_fit`
         self.baseline: dict[str, Any] = {}
         if model_cfg.action_free:
             self.skipped["probe_skipped"] = "the action-free model has no latent actions"
         elif cfg.probe:
             try:
                 self.probe_clips, split = probe.probe_clips(shards, params)
-                rows = probe.latent_action_probe({}, self.probe_clips, ev, model_cfg, dev)
+                self.probe_fit_clips = probe.probe_fit_clips(shards, params, split)
+                rows = probe.latent_action_probe(
+                    {}, self.probe_clips, ev, model_cfg, dev, self.probe_fit_clips
+                )
             except ValueError as err:  # too few episodes or clips with true actions
                 self.skipped["probe_skipped"] = str(err)
                 self.probe_clips = []
@@ -79,6 +83,7 @@ class Monitor:
                 self.baseline = {
                     "probe_r2_untrained": float(np.mean([row["r2"] for row in rows])),
                     "probe_clips": len(self.probe_clips),
+                    "probe_fit_clips": len(self.probe_fit_clips),  # 0 unless evaluate.probe_fit: pretraining
                     "probe_episodes": len({probe.episode_key(c) for c in self.probe_clips}),
                     "probe_clip_split": split,
                 }
@@ -107,7 +112,9 @@ class Monitor:
         if self.probe_clips:
             ev, dev = self.params.evaluate, _device(model)
             with evaluating(model):
-                rows = probe.latent_action_probe({"model": model}, self.probe_clips, ev, None, dev)
+                rows = probe.latent_action_probe(
+                    {"model": model}, self.probe_clips, ev, None, dev, self.probe_fit_clips
+                )
             result["probe_r2"] = float(np.mean([row["r2"] for row in rows]))
             dims = [k for k in rows[0] if k.startswith("r2_dim")]
             result.update({f"probe_{k}": float(np.mean([row[k] for row in rows])) for k in dims})

@@ -4,8 +4,11 @@ For clips that record their actions (the Meta-world source), a ridge regression 
 penalty chosen by cross-validation over the fit episodes from `evaluate.probe_alphas`, or fixed by
 `evaluate.probe_alpha`) maps the latent-action mean of q(ã_t | o_t, o_{t+1}) (PreLAR Eq. 3) to the true 4-d
 action a_t. It is fit on some episodes and scored (R²) on the others (`evaluate.probe_test_fraction`): the
-split is by episode (the cameras of one episode share its actions), never by frame. The same probe on the
-inverse dynamics encoder of an untrained model (fresh initialisation with the evaluation seed) is the
+split is by episode (the cameras of one episode share its actions), never by frame. With
+`evaluate.probe_fit: pretraining` the fit side also holds the pre-training split's clips (their actions are
+stored but never trained on; `probe_fit_clips`), scored on the same test episodes: a probe with more data
+to fit, whose R² shows how much of the default probe's shortfall is its few fit episodes. The same probe
+on the inverse dynamics encoder of an untrained model (fresh initialisation with the evaluation seed) is the
 baseline a learnt representation has to beat. Two yardsticks bracket it from the data: the same probe on
 one-step pixel differences (`pixel_difference_probe`, no model), and on the same inverse dynamics encoder
 trained *with* the true actions (`supervised_probe`: what two frames tell about the action when the encoder is
@@ -85,6 +88,18 @@ def probe_clips(shards, params: config.Params) -> tuple[list[Clip], str]:
     """The probe's clips (`evaluate.probe_clips`, held out if they hold `evaluate.min_holdout_episodes`)."""
     cfg = params.evaluate
     return select_clips(shards, params, cfg.probe_clips, cfg.min_holdout_episodes)
+
+
+def probe_fit_clips(shards, params: config.Params, split: str) -> list[Clip]:
+    """The clips the probe fits on besides the fit episodes of its own clips: under `evaluate.probe_fit:
+    pretraining`, every clip with actions of the pre-training split (`loader.holdout_fraction`); none under
+    `held_out`, or when the probe's clips are not held out (`split` "all": they are those clips)."""
+    from prelar.data.shards import iter_clips
+
+    if params.evaluate.probe_fit == "held_out" or split != "holdout":
+        return []
+    train = iter_clips(shards, split="train", holdout_fraction=params.loader.holdout_fraction)
+    return [clip for clip in train if clip.actions is not None and len(clip.frames) >= 2]
 
 
 @torch.no_grad()
@@ -182,16 +197,18 @@ def latent_action_probe(
     cfg: config.Evaluate,
     untrained: config.Model | None,
     dev: torch.device,
+    fit_clips: Sequence[Clip] = (),
 ) -> list[dict[str, Any]]:
     """R² of the ridge probe latent action → true action on held-out episodes, for each model (method →
     world model with latent actions) and for an untrained encoder of config `untrained` built on `dev`
     (method `UNTRAINED`; None: none), per seed of `cfg.seeds` (the seed draws the episode split and the
-    untrained initialisation). Features are computed in `cfg.precision`.
+    untrained initialisation). Features are computed in `cfg.precision`. `fit_clips` (`probe_fit_clips`)
+    join every split's fit side.
 
     Clips without actions are ignored. Returns one row per (method, seed): method, seed, r2, r2_dim{i},
     fit_episodes, test_episodes, test_frames. Raises ValueError when the clips hold fewer than 2 episodes.
     """
-    clips, keys, actions, splits = _probe_data(clips, cfg)
+    clips, keys, actions, splits = _probe_data(clips, cfg, fit_clips)
     features = {m: latent_action_features(model, clips, cfg.precision) for m, model in models.items()}
     rows = []
     for seed, split in splits.items():
@@ -216,11 +233,13 @@ def pixel_difference_features(clips: list[Clip], pool: int = 4) -> list[np.ndarr
     return out
 
 
-def pixel_difference_probe(clips: list[Clip], cfg: config.Evaluate) -> list[dict[str, Any]]:
-    """The probe's yardstick from the data alone: the same ridge probe, clips and splits as
+def pixel_difference_probe(
+    clips: list[Clip], cfg: config.Evaluate, fit_clips: Sequence[Clip] = ()
+) -> list[dict[str, Any]]:
+    """The probe's yardstick from the data alone: the same ridge probe, clips, `fit_clips` and splits as
     `latent_action_probe`, on `pixel_difference_features` (method `PIXELS`), per seed of `cfg.seeds`. How much
     of the action a linear read-out of the raw one-step motion recovers."""
-    clips, keys, actions, splits = _probe_data(clips, cfg)
+    clips, keys, actions, splits = _probe_data(clips, cfg, fit_clips)
     feats = pixel_difference_features(clips)
     return [_probe_row(PIXELS, seed, feats, actions, keys, split, cfg) for seed, split in splits.items()]
 
@@ -279,15 +298,17 @@ def inverse_dynamics_features(net: nn.Module, clips: list[Clip]) -> list[np.ndar
 
 def supervised_probe(
     train_clips: list[Clip], clips: list[Clip], cfg: config.Evaluate, model_cfg: config.Model, updates: int,
-    batch_size: int, lr: float, dev: torch.device,
+    batch_size: int, lr: float, dev: torch.device, fit_clips: Sequence[Clip] = (),
 ) -> list[dict[str, Any]]:
     """The probe's ceiling: per seed of `cfg.seeds`, an inverse dynamics encoder fit to the true actions of
     `train_clips` (`fit_inverse_dynamics`, the seed's initialisation and batches; clips of an episode among
-    `clips` are left out), then the same ridge probe, clips and splits as `latent_action_probe` on its
-    predictions (method `SUPERVISED`). A latent action learnt without labels from the same frames, read out
-    linearly, has no reason to beat it."""
-    clips, keys, actions, splits = _probe_data(clips, cfg)
-    scored = set(keys)
+    `clips` are left out), then the same ridge probe, clips, `fit_clips` and splits as `latent_action_probe`
+    on its predictions (method `SUPERVISED`). A latent action learnt without labels from the same frames,
+    read out linearly, has no reason to beat it. (`fit_clips` drawn from `train_clips` fit the ridge on the
+    encoder's own training frames, where its predictions are better than on new ones: a read-out of 4
+    numbers that then shrinks them less than the test episodes would want, so the ceiling errs low.)"""
+    scored = {episode_key(c) for c in clips}
+    clips, keys, actions, splits = _probe_data(clips, cfg, fit_clips)
     train_clips = [c for c in train_clips if episode_key(c) not in scored]  # never an episode it scores
     rows = []
     for seed, split in splits.items():
@@ -297,13 +318,20 @@ def supervised_probe(
     return rows
 
 
-def _probe_data(clips: list[Clip], cfg: config.Evaluate):
-    """The probe's clips (those with actions), their episode keys, actions [T-1, 4] and, per seed of
-    `cfg.seeds`, the (fit, test) episode split."""
+def _probe_data(clips: list[Clip], cfg: config.Evaluate, fit_clips: Sequence[Clip] = ()):
+    """The probe's clips (those with actions) followed by `fit_clips` (those with actions), their episode
+    keys, actions [T-1, 4] and, per seed of `cfg.seeds`, the (fit, test) episode split of the probe's clips,
+    the fit side joined by the episodes of `fit_clips` (never one of the probe's own)."""
     clips = [c for c in clips if c.actions is not None]
-    keys = [episode_key(c) for c in clips]
+    own = [episode_key(c) for c in clips]
+    extra = [c for c in fit_clips if c.actions is not None and episode_key(c) not in set(own)]
+    clips = clips + extra
+    keys = own + [episode_key(c) for c in extra]
     actions = [c.actions.astype(np.float32) for c in clips]
-    splits = {seed: split_episodes(keys, cfg.probe_test_fraction, seed) for seed in cfg.seeds}
+    splits = {}
+    for seed in cfg.seeds:
+        fit, test = split_episodes(own, cfg.probe_test_fraction, seed)
+        splits[seed] = (fit | set(keys[len(own):]), test)
     return clips, keys, actions, splits
 
 

@@ -249,14 +249,18 @@ def probe_stage(params: config.Params, checkpoints, shards, out: str | Path, met
     models = latent_action_models(loaded, "probe")
     skipped = {str(p): "action-free: no latent actions" for m, p, model in loaded if model.cfg.action_free}
     clips, split_used = probe.probe_clips(shards, params)
+    fit_clips = probe.probe_fit_clips(shards, params, split_used)
     episodes = len({probe.episode_key(c) for c in clips})
     print(
-        f"evaluate probe: {len(clips)} clips of {episodes} episodes ({split_used} clips); "
+        f"evaluate probe: {len(clips)} clips of {episodes} episodes ({split_used} clips), fit also on "
+        f"{len(fit_clips)} pre-training clips (evaluate.probe_fit={cfg.probe_fit}); "
         f"seeds {cfg.seeds} vary the episode split and the untrained initialisation only"
     )
     # the untrained encoder's architecture: that of the checkpoints (their switches do not change it)
     untrained = models[0][2].cfg if models else params.model.model_copy(update={"action_free": False})
-    rows = probe.latent_action_probe({m: model for m, _, model in models}, clips, cfg, untrained, dev)
+    rows = probe.latent_action_probe(
+        {m: model for m, _, model in models}, clips, cfg, untrained, dev, fit_clips
+    )
     paths = {m: str(p) for m, p, _ in models}
     for row in rows:
         dims = [row[k] for k in row if k.startswith("r2_dim")]
