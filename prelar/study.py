@@ -134,7 +134,8 @@ def run(params: config.Params, args: argparse.Namespace) -> int:
     yardsticks = probe_yardsticks(params, shards, points)
     true_actions = true_action_model(params, shards)
     written = write_summary(
-        points, Path(study.docs), yardsticks, true_actions, offline_transfer(params, names_)
+        points, Path(study.docs), yardsticks, true_actions, offline_transfer(params, names_),
+        params.evaluate.probe_fit,
     )
     print(f"study: {', '.join(str(p) for p in written)}")
     return 0
@@ -580,11 +581,12 @@ def write_summary(
     yardsticks: dict[str, float],
     true_actions: dict[str, Any] | None,
     transfer: pd.DataFrame,
+    probe_fit: str = "held_out",
 ) -> list[Path]:
     """The study's figure and tables in `docs`, with the probe's yardsticks from the data (`YARDSTICKS` →
     R², `probe_yardsticks`: same clips and splits), the true-action world model (`true_action_model`; none
-    written when None) and the offline transfer (`offline_transfer`'s rows; none written when empty);
-    returns their paths."""
+    written when None) and the offline transfer (`offline_transfer`'s rows; none written when empty), saying
+    how the probe's ridge was fit (`probe_fit`: `evaluate.probe_fit`); returns their paths."""
     from prelar.evaluate import plots
 
     docs.mkdir(parents=True, exist_ok=True)
@@ -617,7 +619,12 @@ def write_summary(
         "whose open-loop MSE over the horizon is below copying the last context frame; `probe_r2_0.5_at`: "
         f'the first update whose probe R² reaches {PROBE_TARGET}; "never": not within the run. Final values '
         "at the last update.\n\n"
-        "The probe's yardsticks, on the same clips and episode splits: an untrained encoder "
+        "The probe's yardsticks, on the same clips and episode splits"
+        + (
+            " (the ridge fit also on the pre-training clips, `evaluate.probe_fit: pretraining`)"
+            if probe_fit == "pretraining" else ""
+        )
+        + ": an untrained encoder "
         "(`probe_r2_untrained`); the same ridge probe on one-step pixel differences pooled to 16x16 "
         f"(no model): R² {yardsticks[PIXELS]:.3f}; and on the same inverse dynamics encoder trained with the "
         "true actions of the pre-training clips (the ceiling, not in the papers): "
@@ -638,6 +645,7 @@ def write_summary(
         "runs": runs,
         f"minus_{REFERENCE}": differences_json(compared, "run"),
         **{f"probe_{name}_r2": r2 if np.isfinite(r2) else None for name, r2 in yardsticks.items()},
+        "probe_fit": probe_fit,
         "true_action_model": true_actions,
         **({"transfer": transfer_metrics} if transfer_text else {}),
     }

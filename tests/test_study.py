@@ -118,6 +118,7 @@ def test_study_trains_each_run_and_seed_then_writes_curves_and_summary(tmp_path,
     assert ratio["low"] <= ratio["mean"] <= ratio["high"]
     assert metrics["runs"]["apv"]["probe_r2"] is None  # APV: no latent actions
     assert {"probe_pixel_difference_r2", "probe_supervised_inverse_dynamics_r2"} <= set(metrics)
+    assert metrics["probe_fit"] == "held_out" and "probe_fit: pretraining" not in summary
     true_actions = metrics["true_action_model"]  # trained with the clips' actions, kept with its settings
     assert true_actions["updates"] == 2 and true_actions["windows"] >= 2
     assert true_actions["pred_mse_ratio"] == pytest.approx(
