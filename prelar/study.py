@@ -181,6 +181,10 @@ def true_action_model(params: config.Params, shards: list[str]) -> dict[str, Any
     The result is kept in `<study.out>/true_actions/seed<seed>.json` with the settings it was measured
     with, and measured again only when they change (a run takes as long as a study run). None when
     `study.true_action_updates` is 0."""
+    study, loader, ev = params.study, params.loader, params.evaluate
+    if study.true_action_updates == 0:
+        print("study: no true-action world model (study.true_action_updates is 0)", flush=True)
+        return None
     import torch
     from tqdm import tqdm
 
@@ -190,10 +194,6 @@ def true_action_model(params: config.Params, shards: list[str]) -> dict[str, Any
     from prelar.evaluate import transfer as offline
     from prelar.evaluate.prediction import copy_last_frame_mse, real_action_prediction
 
-    study, loader, ev = params.study, params.loader, params.evaluate
-    if study.true_action_updates == 0:
-        print("study: no true-action world model (study.true_action_updates is 0)", flush=True)
-        return None
     settings = {
         "shards": [str(s) for s in shards], "data": study.data, "seed": params.seed,
         "updates": study.true_action_updates, "batch": [loader.batch_size, loader.segment_length],
