@@ -152,14 +152,15 @@ def probe_yardsticks(params: config.Params, shards: list[str], points: pd.DataFr
 
     study, cfg = params.study, params.evaluate
     clips, split = probe_clips(shards, params)
-    fit_clips = probe_fit_clips(shards, params, split)
+    fit_clips = probe_fit_clips(shards, params, clips, split)
     probed = points[points["probe_r2"].notna()] if "probe_r2" in points else points.iloc[:0]
     runs_fit = set(probed.get("probe_fit_clips", pd.Series(0.0, index=probed.index)).fillna(0).astype(int))
     if runs_fit - {len(fit_clips)}:
         raise config.ConfigError(
             f"the runs' probes fit on {sorted(runs_fit)} pre-training clips, the yardsticks' would fit on "
             f"{len(fit_clips)} (evaluate.probe_fit={cfg.probe_fit}): summarise with the evaluate.probe_fit "
-            "the runs were trained with"
+            "the runs were trained with (curves that mix two fits, from a run resumed with another one, "
+            "need that run trained again)"
         )
     train = list(iter_clips(shards, split="train", holdout_fraction=params.loader.holdout_fraction))
     rows = pixel_difference_probe(clips, cfg, fit_clips) + supervised_probe(

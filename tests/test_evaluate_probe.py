@@ -144,30 +144,38 @@ def test_more_fit_episodes_read_more_of_the_action_on_the_same_test_episodes():
 
 
 def test_pretraining_fit_takes_the_pretraining_clips_and_never_a_scored_episode(tmp_path):
-    from prelar.data.shards import write_shards
+    from prelar.data.shards import iter_clips, write_shards
 
     shards = tmp_path / "shards"
     write_shards(point_mass_clips(episodes=8), shards, clips_per_shard=2)  # 2 cameras: 16 clips
     params = config.override(tiny_params("unused"), {  # (loader.holdout_fraction 0.5)
         "evaluate.min_holdout_episodes": 2, "evaluate.probe_fit": "pretraining", "evaluate.probe_alpha": 1.0,
-        "evaluate.precision": "fp32",
+        "evaluate.precision": "fp32", "evaluate.seeds": [0, 1, 2],
     })  # fmt: skip
     clips, split = probe.probe_clips(shards, params)
-    fit_clips = probe.probe_fit_clips(shards, params, split)
-    assert split == "holdout" and fit_clips
-    assert len(clips) + len(fit_clips) == 16
-    assert not {c.meta["id"] for c in clips} & {c.meta["id"] for c in fit_clips}
-    assert probe.probe_fit_clips(shards, params, "all") == []  # the probe's clips are every clip
+    scored = {probe.episode_key(c) for c in clips}
+    training = list(iter_clips(shards, split="train", holdout_fraction=0.5))
+    other_cameras = [c for c in training if probe.episode_key(c) in scored]
+    assert split == "holdout" and other_cameras  # the held-out split is by clip: cameras of one episode part
+    fit_clips = probe.probe_fit_clips(shards, params, clips, split)
+    assert len(fit_clips) == len(training) - len(other_cameras)
+    assert not scored & {probe.episode_key(c) for c in fit_clips}
     held_out = config.override(params, {"evaluate.probe_fit": "held_out"})
-    assert probe.probe_fit_clips(shards, held_out, split) == []
+    assert probe.probe_fit_clips(shards, held_out, clips, split) == []
+    with pytest.raises(config.ConfigError, match="probe's clips held out"):
+        probe.probe_fit_clips(shards, params, clips, "all")
+    _, keys, _, splits = probe._probe_data(clips, params.evaluate, training)  # other cameras too: dropped
+    assert scored.isdisjoint(keys[len(clips):])
+    for fit, test in splits.values():
+        assert test <= scored and not fit & test and set(keys[len(clips):]) <= fit
 
     torch.manual_seed(0)
     model = {"model": WorldModel(params.model)}
     cpu = torch.device("cpu")
-    narrow = probe.latent_action_probe(model, clips, params.evaluate, None, cpu)[0]
-    wide = probe.latent_action_probe(model, clips, params.evaluate, None, cpu, fit_clips)[0]
-    scored = {probe.episode_key(c) for c in clips}  # the other camera of a scored episode never fits
-    added = {probe.episode_key(c) for c in fit_clips} - scored
-    assert wide["fit_episodes"] == narrow["fit_episodes"] + len(added) and added
-    assert (wide["test_episodes"], wide["test_frames"]) == (narrow["test_episodes"], narrow["test_frames"])
-    assert wide["r2"] != narrow["r2"]
+    narrow = probe.latent_action_probe(model, clips, params.evaluate, None, cpu)
+    wide = probe.latent_action_probe(model, clips, params.evaluate, None, cpu, fit_clips)
+    added = len({probe.episode_key(c) for c in fit_clips})
+    for n, w in zip(narrow, wide, strict=True):  # the same test episodes, more to fit, another R²
+        assert w["fit_episodes"] == n["fit_episodes"] + added
+        assert (w["test_episodes"], w["test_frames"]) == (n["test_episodes"], n["test_frames"])
+        assert w["r2"] != n["r2"]

@@ -244,6 +244,11 @@ def test_the_yardsticks_fit_their_probe_as_the_runs_did_or_refuse(tmp_path):
     old = pd.DataFrame({"run": ["prelar", "apv"], "seed": 0, "step": 0, "probe_r2": [0.1, None]})
     with pytest.raises(config.ConfigError, match=r"on \[0\] pre-training clips.*probe_fit=pretraining"):
         study.probe_yardsticks(params, [str(tmp_path)], old)  # curves from before the count: held_out
-    fit = len(probe.probe_fit_clips([str(tmp_path)], params, "holdout"))
+    clips, split = probe.probe_clips([str(tmp_path)], params)
+    fit = len(probe.probe_fit_clips([str(tmp_path)], params, clips, split))
     wide = old.assign(probe_fit_clips=[fit, None])  # (the action-free run has no probe)
-    assert set(study.probe_yardsticks(params, [str(tmp_path)], wide)) == set(study.YARDSTICKS)
+    yardsticks = study.probe_yardsticks(params, [str(tmp_path)], wide)
+    held_out = config.override(params, {"evaluate.probe_fit": "held_out"})
+    default = study.probe_yardsticks(held_out, [str(tmp_path)], old)
+    assert set(yardsticks) == set(default) == set(study.YARDSTICKS)
+    assert yardsticks[study.PIXELS] != default[study.PIXELS]  # fit on more clips

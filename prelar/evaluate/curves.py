@@ -72,7 +72,7 @@ class Monitor:
         elif cfg.probe:
             try:
                 self.probe_clips, split = probe.probe_clips(shards, params)
-                self.probe_fit_clips = probe.probe_fit_clips(shards, params, split)
+                self.probe_fit_clips = probe.probe_fit_clips(shards, params, self.probe_clips, split)
                 rows = probe.latent_action_probe(
                     {}, self.probe_clips, ev, model_cfg, dev, self.probe_fit_clips
                 )

@@ -90,16 +90,32 @@ def probe_clips(shards, params: config.Params) -> tuple[list[Clip], str]:
     return select_clips(shards, params, cfg.probe_clips, cfg.min_holdout_episodes)
 
 
-def probe_fit_clips(shards, params: config.Params, split: str) -> list[Clip]:
-    """The clips the probe fits on besides the fit episodes of its own clips: under `evaluate.probe_fit:
-    pretraining`, every clip with actions of the pre-training split (`loader.holdout_fraction`); none under
-    `held_out`, or when the probe's clips are not held out (`split` "all": they are those clips)."""
+def probe_fit_clips(shards, params: config.Params, clips: list[Clip], split: str) -> list[Clip]:
+    """The clips the probe fits on besides the fit episodes of its own `clips` (`probe_clips`, taken from
+    `split`): none under `evaluate.probe_fit: held_out`; under `pretraining`, the clips with actions of the
+    pre-training split (`loader.holdout_fraction`) except other cameras of the probe's own episodes. A
+    ConfigError when `pretraining` finds none to add: the probe's clips are not held out (`split` "all"),
+    or no pre-training clip has actions."""
     from prelar.data.shards import iter_clips
 
-    if params.evaluate.probe_fit == "held_out" or split != "holdout":
+    if params.evaluate.probe_fit == "held_out":
         return []
+    if split != "holdout":
+        raise config.ConfigError(
+            f"{shards}: evaluate.probe_fit=pretraining needs the probe's clips held out of pre-training, but "
+            f"the held-out split holds fewer than evaluate.min_holdout_episodes="
+            f"{params.evaluate.min_holdout_episodes} episodes; raise loader.holdout_fraction or set "
+            "evaluate.probe_fit=held_out"
+        )
+    own = {episode_key(c) for c in clips}
     train = iter_clips(shards, split="train", holdout_fraction=params.loader.holdout_fraction)
-    return [clip for clip in train if clip.actions is not None and len(clip.frames) >= 2]
+    added = [c for c in train if c.actions is not None and len(c.frames) >= 2 and episode_key(c) not in own]
+    if not added:
+        raise config.ConfigError(
+            f"{shards}: evaluate.probe_fit=pretraining found no pre-training clip with actions to fit on; "
+            "set evaluate.probe_fit=held_out"
+        )
+    return added
 
 
 @torch.no_grad()
@@ -203,7 +219,7 @@ def latent_action_probe(
     world model with latent actions) and for an untrained encoder of config `untrained` built on `dev`
     (method `UNTRAINED`; None: none), per seed of `cfg.seeds` (the seed draws the episode split and the
     untrained initialisation). Features are computed in `cfg.precision`. `fit_clips` (`probe_fit_clips`)
-    join every split's fit side.
+    join every split's fit side (a clip of one of the probe's own episodes never does).
 
     Clips without actions are ignored. Returns one row per (method, seed): method, seed, r2, r2_dim{i},
     fit_episodes, test_episodes, test_frames. Raises ValueError when the clips hold fewer than 2 episodes.
@@ -324,7 +340,8 @@ def _probe_data(clips: list[Clip], cfg: config.Evaluate, fit_clips: Sequence[Cli
     the fit side joined by the episodes of `fit_clips` (never one of the probe's own)."""
     clips = [c for c in clips if c.actions is not None]
     own = [episode_key(c) for c in clips]
-    extra = [c for c in fit_clips if c.actions is not None and episode_key(c) not in set(own)]
+    scored = set(own)
+    extra = [c for c in fit_clips if c.actions is not None and episode_key(c) not in scored]
     clips = clips + extra
     keys = own + [episode_key(c) for c in extra]
     actions = [c.actions.astype(np.float32) for c in clips]

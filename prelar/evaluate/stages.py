@@ -249,7 +249,7 @@ def probe_stage(params: config.Params, checkpoints, shards, out: str | Path, met
     models = latent_action_models(loaded, "probe")
     skipped = {str(p): "action-free: no latent actions" for m, p, model in loaded if model.cfg.action_free}
     clips, split_used = probe.probe_clips(shards, params)
-    fit_clips = probe.probe_fit_clips(shards, params, split_used)
+    fit_clips = probe.probe_fit_clips(shards, params, clips, split_used)
     episodes = len({probe.episode_key(c) for c in clips})
     print(
         f"evaluate probe: {len(clips)} clips of {episodes} episodes ({split_used} clips), fit also on "
