@@ -27,9 +27,35 @@ def test_ridge_r2_tells_informative_from_uninformative_features():
     mixing = rng.normal(size=(4, 8))
     informative = [a @ mixing + 0.01 * rng.normal(size=(40, 8)) for a in actions]
     noise = [rng.normal(size=(40, 8)) for _ in actions]
-    r2, per_dim = probe.ridge_r2(informative, actions, [0, 1, 2, 3], [4, 5], alpha=1.0)
+    keys = [str(i) for i in range(6)]
+    r2, per_dim = probe.ridge_r2(informative, actions, [0, 1, 2, 3], [4, 5], 1.0, keys)
     assert r2 > 0.99 and len(per_dim) == 4
-    assert probe.ridge_r2(noise, actions, [0, 1, 2, 3], [4, 5], alpha=1.0)[0] < 0.1
+    assert probe.ridge_r2(noise, actions, [0, 1, 2, 3], [4, 5], 1.0, keys)[0] < 0.1
+
+
+def test_cross_validation_folds_never_split_an_episode_across_its_cameras():
+    """Features that only tell episodes apart (one random vector per episode, shared by its two cameras)
+    carry nothing about the action of a new episode. Folds by clip would put one camera on each side, reward
+    the smallest penalty (the other camera's frames are memorised) and score far below 0 on the test
+    episodes; folds by episode choose the penalty that shrinks to the mean."""
+    rng = np.random.default_rng(0)
+    n_episodes, frames, dim = 12, 10, 128  # more dimensions than fit frames: a ridge can memorise
+    features, actions, keys = [], [], []
+    for e in range(n_episodes):
+        episode_actions = rng.uniform(-1, 1, (frames, 4)).astype(np.float32)
+        code = rng.normal(size=(frames, dim)).astype(np.float32)  # the episode's frames, seen by both cameras
+        for _ in range(2):
+            features.append(code + 0.01 * rng.normal(size=code.shape).astype(np.float32))
+            actions.append(episode_actions)
+            keys.append(f"episode{e}")
+    fit_idx, test_idx = list(range(16)), list(range(16, 24))
+    alphas = [1e-3, 1.0, 1e3, 1e6]
+    r2, _ = probe.ridge_r2(features, actions, fit_idx, test_idx, alphas, keys)
+    assert r2 > -0.05
+    by_clip = [str(i) for i in range(len(keys))]  # folds by clip, as before: the overfit penalty wins
+    assert probe.ridge_r2(features, actions, fit_idx, test_idx, alphas, by_clip)[0] < -1
+    with pytest.raises(ValueError, match="at least 2 fit episodes, got 1"):
+        probe.ridge_r2(features, actions, [0, 1], test_idx, alphas, keys)
 
 
 def test_cross_validation_chooses_the_penalty_grid_search_chooses():

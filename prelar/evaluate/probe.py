@@ -138,11 +138,15 @@ def ridge_r2(
     fit_idx: list[int],
     test_idx: list[int],
     alpha: float | Sequence[float],
+    keys: Sequence[str],
 ) -> tuple[float, list[float]]:
     """Standardised ridge fit on clips `fit_idx`, scored on clips `test_idx`: (mean R², R² per dimension).
 
     alpha: the ridge penalty, or the penalties the cross-validation over the fit clips chooses from,
-    grouped by clip (frames of one clip never sit on both sides of a fold). Standardising near-constant
+    grouped by episode (`keys`, one per clip, `episode_key`): the frames of one episode, from any of its
+    cameras, never sit on both sides of a fold, as the test episodes never share one with the fit side (a
+    camera of a fit episode in the held-out fold would show the penalty an action it has already seen, and
+    reward the overfit one the test episodes punish). Standardising near-constant
     latent dimensions (a latent action squeezed onto its N(0, I) prior) blows up their noise; a fixed small
     penalty then overfits and scores far below 0 on new episodes, where the chosen penalty shrinks towards
     R² ≈ 0.
@@ -156,12 +160,13 @@ def ridge_r2(
     x_test = np.concatenate([features[i] for i in test_idx])
     y_test = np.concatenate([actions[i] for i in test_idx])
     if not isinstance(alpha, int | float):
-        if len(fit_idx) < 2:
+        episodes = list(dict.fromkeys(keys[i] for i in fit_idx))  # in clip order: one camera, the same folds
+        if len(episodes) < 2:
             raise ValueError(
-                f"the probe's cross-validation needs at least 2 fit clips, got {len(fit_idx)}; "
+                f"the probe's cross-validation needs at least 2 fit episodes, got {len(episodes)}; "
                 f"set evaluate.probe_alpha"
             )
-        groups = np.concatenate([np.full(len(features[i]), i) for i in fit_idx])
+        groups = np.concatenate([np.full(len(features[i]), episodes.index(keys[i])) for i in fit_idx])
         alpha = choose_alpha(x_fit, y_fit, groups, list(alpha))
     pred = _ridges(x_fit, y_fit, [alpha]).predict(x_test)
     return float(r2_score(y_test, pred)), [float(v) for v in r2_score(y_test, pred, multioutput="raw_values")]
@@ -358,7 +363,7 @@ def _probe_row(method, seed, feats, actions, keys, split, cfg: config.Evaluate) 
     fit_idx = [i for i, k in enumerate(keys) if k in fit]
     test_idx = [i for i, k in enumerate(keys) if k in test]
     alpha = cfg.probe_alpha if cfg.probe_alpha is not None else cfg.probe_alphas
-    r2, per_dim = ridge_r2(feats, actions, fit_idx, test_idx, alpha)
+    r2, per_dim = ridge_r2(feats, actions, fit_idx, test_idx, alpha, keys)
     return {
         "method": method,
         "seed": seed,
