@@ -286,6 +286,8 @@ def _train(params, shards, out, dist, run_name, callback, variant) -> dict[str, 
         from prelar.evaluate import curves
 
         monitor = curves.Monitor(params, shard_list, model.cfg, dev)
+        if step > 0:  # before the first update: a resumed curve must go on measuring as it began
+            monitor.check_continues(out / curves.CSV)
 
     frames_per_step = params.loader.batch_size * params.loader.segment_length * dist.world_size
     sums: dict[str, float] = {}

@@ -301,3 +301,11 @@ def test_learning_curves_measure_held_out_data_from_the_start_and_end_on_the_fin
     longer = tiny_params(tracking_uri, steps=6, eval_clips=2, probe=True, curve_every=2)
     pretrain.pretrain(longer, shards, tmp_path)
     assert [int(r["step"]) for r in curves.read(tmp_path / curves.CSV)] == [0, 2, 4, 6]
+
+    # ... and refuses, before any update, to go on with a probe of other clips (one curve, one probe)
+    fewer = tiny_params(tracking_uri, steps=8, eval_clips=2, probe=True, curve_every=2)
+    fewer = config.override(fewer, {"evaluate.probe_clips": 6})
+    with pytest.raises(config.ConfigError, match=r"curves.csv: its probe was measured on .*probe_clips=6"):
+        pretrain.pretrain(fewer, shards, tmp_path)
+    assert checkpoint.load(tmp_path / "checkpoint.pt")["step"] == 6
+    assert [int(r["step"]) for r in curves.read(tmp_path / curves.CSV)] == [0, 2, 4, 6]

@@ -32,6 +32,7 @@ from prelar.evaluate import prediction, probe
 from prelar.world_model import evaluating
 
 CSV = "curves.csv"  # in the pre-training run folder: step, frames, then the measurements
+PROBE_DATA = ("probe_clips", "probe_episodes", "probe_fit_clips")  # what each point's probe fits and scores
 
 
 def held_out_clips(shards, params: config.Params) -> list:
@@ -87,6 +88,25 @@ class Monitor:
                     "probe_episodes": len({probe.episode_key(c) for c in self.probe_clips}),
                     "probe_clip_split": split,
                 }
+
+    def check_continues(self, path: str | Path) -> None:
+        """Refuse (a ConfigError naming `path`) to continue curves whose probe fit and scored other clips
+        than this monitor's (`PROBE_DATA`): a run resumed with another `evaluate.probe_fit`, `probe_clips` or
+        holdout would mix two probes in one curve, and every later comparison of its points with it. Curves
+        from before `probe_fit_clips` was recorded fit on the held-out episodes only (0)."""
+        path = Path(path)
+        probed = [row for row in read(path) if row.get("probe_r2")] if path.exists() and self.baseline else []
+        if not probed:
+            return
+        before = {k: int(float(probed[-1].get(k) or 0)) for k in PROBE_DATA}
+        now = {k: int(self.baseline[k]) for k in PROBE_DATA}
+        if before != now:
+            ev = self.params.evaluate
+            raise config.ConfigError(
+                f"{path}: its probe was measured on {before}, this run's would be on {now} "
+                f"(evaluate.probe_fit={ev.probe_fit}, evaluate.probe_clips={ev.probe_clips}): resume with "
+                "the evaluate settings it was trained with, or give it another --out"
+            )
 
     def measure(self, model: nn.Module, figures: str | Path | None = None) -> dict[str, Any]:
         """The measurements of `model` (flat; `*_skipped` reasons for those that cannot run); with `figures`,
