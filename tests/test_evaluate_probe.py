@@ -39,7 +39,7 @@ def test_cross_validation_folds_never_split_an_episode_across_its_cameras():
     the smallest penalty (the other camera's frames are memorised) and score far below 0 on the test
     episodes; folds by episode choose the penalty that shrinks to the mean."""
     rng = np.random.default_rng(0)
-    n_episodes, frames, dim = 12, 10, 128  # more dimensions than fit frames: a ridge can memorise
+    n_episodes, frames, dim = 12, 10, 128  # as many dimensions as a fold's fit frames: a ridge memorises
     features, actions, keys = [], [], []
     for e in range(n_episodes):
         episode_actions = rng.uniform(-1, 1, (frames, 4)).astype(np.float32)
@@ -51,7 +51,7 @@ def test_cross_validation_folds_never_split_an_episode_across_its_cameras():
     fit_idx, test_idx = list(range(16)), list(range(16, 24))
     alphas = [1e-3, 1.0, 1e3, 1e6]
     r2, _ = probe.ridge_r2(features, actions, fit_idx, test_idx, alphas, keys)
-    assert r2 > -0.05
+    assert r2 > -0.2  # about what predicting the fit episodes' mean action scores
     by_clip = [str(i) for i in range(len(keys))]  # folds by clip, as before: the overfit penalty wins
     assert probe.ridge_r2(features, actions, fit_idx, test_idx, alphas, by_clip)[0] < -1
     with pytest.raises(ValueError, match="at least 2 fit episodes, got 1"):

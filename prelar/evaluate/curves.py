@@ -90,10 +90,11 @@ class Monitor:
                 }
 
     def check_continues(self, path: str | Path) -> None:
-        """Refuse (a ConfigError naming `path`) to continue curves whose probe fit and scored other clips
-        than this monitor's (`PROBE_DATA`): a run resumed with another `evaluate.probe_fit`, `probe_clips` or
-        holdout would mix two probes in one curve, and every later comparison of its points with it. Curves
-        from before `probe_fit_clips` was recorded fit on the held-out episodes only (0)."""
+        """Refuse (a ConfigError naming `path`) to continue curves whose probe fit and scored other numbers
+        of clips and episodes than this monitor's (`PROBE_DATA`): a run resumed with another
+        `evaluate.probe_fit`, `evaluate.probe_clips` or `loader.holdout_fraction` would mix two probes in one
+        curve. Counts only: a change that keeps them (`evaluate.seeds`, `probe_test_fraction`, the penalties)
+        goes unnoticed. Curves from before `probe_fit_clips` was recorded fit on held-out episodes (0)."""
         path = Path(path)
         probed = [row for row in read(path) if row.get("probe_r2")] if path.exists() and self.baseline else []
         if not probed:
@@ -104,8 +105,9 @@ class Monitor:
             ev = self.params.evaluate
             raise config.ConfigError(
                 f"{path}: its probe was measured on {before}, this run's would be on {now} "
-                f"(evaluate.probe_fit={ev.probe_fit}, evaluate.probe_clips={ev.probe_clips}): resume with "
-                "the evaluate settings it was trained with, or give it another --out"
+                f"(evaluate.probe_fit={ev.probe_fit}, evaluate.probe_clips={ev.probe_clips}, "
+                f"loader.holdout_fraction={self.params.loader.holdout_fraction}): resume with the settings "
+                "it was trained with, or give it another --out"
             )
 
     def measure(self, model: nn.Module, figures: str | Path | None = None) -> dict[str, Any]:

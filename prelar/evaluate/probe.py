@@ -160,13 +160,13 @@ def ridge_r2(
     x_test = np.concatenate([features[i] for i in test_idx])
     y_test = np.concatenate([actions[i] for i in test_idx])
     if not isinstance(alpha, int | float):
-        episodes = list(dict.fromkeys(keys[i] for i in fit_idx))  # in clip order: one camera, the same folds
+        episodes = {k: j for j, k in enumerate(dict.fromkeys(keys[i] for i in fit_idx))}  # in clip order
         if len(episodes) < 2:
             raise ValueError(
                 f"the probe's cross-validation needs at least 2 fit episodes, got {len(episodes)}; "
                 f"set evaluate.probe_alpha"
             )
-        groups = np.concatenate([np.full(len(features[i]), episodes.index(keys[i])) for i in fit_idx])
+        groups = np.concatenate([np.full(len(features[i]), episodes[keys[i]]) for i in fit_idx])
         alpha = choose_alpha(x_fit, y_fit, groups, list(alpha))
     pred = _ridges(x_fit, y_fit, [alpha]).predict(x_test)
     return float(r2_score(y_test, pred)), [float(v) for v in r2_score(y_test, pred, multioutput="raw_values")]
