@@ -214,9 +214,11 @@ def histories(
     table: pd.DataFrame, title: str, panels: list[tuple[str, str, str | float | None, bool]] | None = None
 ) -> Figure:
     """One panel per (metric, label, yardstick, log scale) of `panels` (default: every metric, titled by its
-    name, no yardstick, linear) from the long table (columns step, metric, value, method, seed), one line per
-    run coloured by method. The yardstick is a constant (grey line) or another metric of the table (dashed per
-    run: e.g. the untrained encoder's probe); None: none. Panels without data are left out."""
+    name, no yardstick, linear) from the long table (columns step, metric, value, method, seed), coloured by
+    method. A method with one seed is one line; with several, each seed is a thin translucent line and their
+    mean a thick one, at the steps every seed has (`seed_mean`). The yardstick is a constant (grey line) or
+    another metric of the table (dashed, per run or as the seeds' mean: e.g. the untrained encoder's probe);
+    None: none. Panels without data are left out."""
     if panels is None:
         panels = [(metric, metric, None, False) for metric in sorted(table["metric"].unique())]
     panels = [p for p in panels if (table["metric"] == p[0]).any()]
@@ -225,13 +227,22 @@ def histories(
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.2 * rows), squeeze=False)
     colors = _colors(sorted(table["method"].unique()))
     for ax, (metric, label, yardstick, log) in zip(axes.flat, panels, strict=False):
-        for (method, seed), run in table.groupby(["method", "seed"], sort=True):
-            line = run[run["metric"] == metric].sort_values("step")
-            ax.plot(line["step"], line["value"], color=colors[method], lw=1.2, marker="o", ms=2,
-                    label=f"{method} s{seed}")
+        for method, runs in table.groupby("method", sort=True):
+            color = colors[method]
+            seeds = sorted(runs["seed"].unique())
+            if len(seeds) == 1:
+                line = _series(runs, metric)
+                label = f"{method} s{seeds[0]}"
+                ax.plot(line.index, line, color=color, lw=1.2, marker="o", ms=2, label=label)
+            else:
+                for _, run in runs.groupby("seed", sort=True):
+                    line = _series(run, metric)
+                    ax.plot(line.index, line, color=color, lw=0.7, alpha=0.35)
+                line = seed_mean(runs, metric)
+                ax.plot(line.index, line, color=color, lw=2.2, label=f"{method} (mean of {len(seeds)} seeds)")
             if isinstance(yardstick, str):
-                ref = run[run["metric"] == yardstick].sort_values("step")
-                ax.plot(ref["step"], ref["value"], "--", color=colors[method], lw=0.8)
+                ref = _series(runs, yardstick) if len(seeds) == 1 else seed_mean(runs, yardstick)
+                ax.plot(ref.index, ref, "--", color=color, lw=0.8)
         if isinstance(yardstick, int | float):
             ax.axhline(yardstick, color="grey", lw=0.9, ls="--")
         if log:
@@ -245,3 +256,15 @@ def histories(
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def _series(run: pd.DataFrame, metric: str) -> pd.Series:
+    """One run's `metric` by step (columns step, metric, value of the long table)."""
+    return run.loc[run["metric"] == metric].groupby("step")["value"].mean()
+
+
+def seed_mean(runs: pd.DataFrame, metric: str) -> pd.Series:
+    """The mean over seeds of `metric` by step, at the steps every seed of `runs` has (a seed whose run is
+    shorter or still going does not pull the mean's tail towards it)."""
+    lines = runs.loc[runs["metric"] == metric].pivot_table(index="step", columns="seed", values="value")
+    return lines.reindex(columns=sorted(runs["seed"].unique())).dropna().mean(axis=1).rename(metric)
