@@ -5,7 +5,7 @@ learning-curve point (`prelar.evaluate.curves`) every `study.curve_every`, on th
 `study.out/<run>/seed<seed>` and MLflow experiment `study.experiment`; a run already complete is not trained
 again (its checkpoint is resumed, so an interrupted study continues where it stopped). Then, in `study.docs`:
 
-- `learning_curves.png`: the report's learning-curve panels, one line per run and seed;
+- `learning_curves.png`: the report's learning-curve panels, a colour per run: seeds thin, their mean thick;
 - `curves.csv`: every point (run, seed, step, frames, measurements);
 - `summary.csv`: per run and seed, the first update (and frames seen) whose open-loop MSE beats
   copy-last-frame, the first whose probe R² reaches 0.5, and the final measurements;
@@ -576,6 +576,18 @@ def _true_action_text(true_actions: dict[str, Any] | None) -> str:
     )
 
 
+def learning_figure(points: pd.DataFrame):
+    """The study's learning-curve figure (the report's panels, `names.CURVE_PANELS`) of `collect`'s points
+    (or a study's `curves.csv`): one colour per run, its seeds and their mean (`plots.histories`)."""
+    from prelar.evaluate import plots
+
+    measured = [c for c in points.columns if c not in ("run", "seed", "step", "frames")]
+    long = points.melt(id_vars=["run", "seed", "step"], value_vars=measured, var_name="metric")
+    long = long.dropna(subset=["value"]).rename(columns={"run": "method"})
+    long["metric"] = names.CURVE_PREFIX + long["metric"]
+    return plots.histories(long, "Pre-training study: learning curves, held-out clips", names.CURVE_PANELS)
+
+
 def write_summary(
     points: pd.DataFrame,
     docs: Path,
@@ -592,14 +604,9 @@ def write_summary(
 
     docs.mkdir(parents=True, exist_ok=True)
     per_seed = summarize(points)
-    measured = [c for c in points.columns if c not in ("run", "seed", "step", "frames")]
-    long = points.melt(id_vars=["run", "seed", "step"], value_vars=measured, var_name="metric")
-    long = long.dropna(subset=["value"]).rename(columns={"run": "method"})
-    long["metric"] = names.CURVE_PREFIX + long["metric"]
-    figure = plots.histories(long, "Pre-training study: learning curves, held-out clips", names.CURVE_PANELS)
     paths = [docs / name for name in ("learning_curves.png", "curves.csv", "summary.csv", "summary.md")]
     paths.append(docs / "summary.json")
-    paths[0].write_bytes(plots.png_bytes(figure))
+    paths[0].write_bytes(plots.png_bytes(learning_figure(points)))
     points.to_csv(paths[1], index=False)
     per_seed.to_csv(paths[2], index=False)
     columns = [c for c in per_seed.columns if c not in ("run", "seed")]

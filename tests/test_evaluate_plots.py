@@ -37,6 +37,7 @@ def test_seed_mean_keeps_the_steps_every_seed_has():
 def test_several_seeds_draw_a_labelled_mean_and_one_seed_its_own_line():
     fig = plots.histories(_table(), "curves", [("probe", "probe R²", "untrained", False)])
     ax = fig.axes[0]
+    assert ax.get_title() == "probe R²"
     labelled = {line.get_label(): line for line in ax.get_lines() if not line.get_label().startswith("_")}
     assert set(labelled) == {"prelar (mean of 3 seeds)", "apv s0"}
     mean = labelled["prelar (mean of 3 seeds)"]

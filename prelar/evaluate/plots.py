@@ -226,14 +226,14 @@ def histories(
     rows = max(-(-len(panels) // cols), 1)
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.2 * rows), squeeze=False)
     colors = _colors(sorted(table["method"].unique()))
-    for ax, (metric, label, yardstick, log) in zip(axes.flat, panels, strict=False):
+    for ax, (metric, heading, yardstick, log) in zip(axes.flat, panels, strict=False):
         for method, runs in table.groupby("method", sort=True):
             color = colors[method]
             seeds = sorted(runs["seed"].unique())
             if len(seeds) == 1:
                 line = _series(runs, metric)
-                label = f"{method} s{seeds[0]}"
-                ax.plot(line.index, line, color=color, lw=1.2, marker="o", ms=2, label=label)
+                name = f"{method} s{seeds[0]}"
+                ax.plot(line.index, line, color=color, lw=1.2, marker="o", ms=2, label=name)
             else:
                 for _, run in runs.groupby("seed", sort=True):
                     line = _series(run, metric)
@@ -247,7 +247,7 @@ def histories(
             ax.axhline(yardstick, color="grey", lw=0.9, ls="--")
         if log:
             ax.set_yscale("log")
-        ax.set_title(label, fontsize=10)
+        ax.set_title(heading, fontsize=10)
         ax.set_xlabel("update")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels) :]:

@@ -163,7 +163,8 @@ def _evaluation_sections(
         page.not_run(f"no run tagged stage=pretrain logged learning curves `{names.CURVE_PREFIX}*`")
     else:
         page.text(
-            "Measured on held-out clips during pre-training (prelar/evaluate/curves.py), one line per run. "
+            "Measured on held-out clips during pre-training (prelar/evaluate/curves.py), one colour per "
+            "variant (several seeds: each a thin line, their mean a thick one). "
             "Probe R² of the latent-action mean → true action (dashed: the untrained encoder); ΔPSNR of "
             "open-loop prediction with the clip's own latent actions vs another clip's; open-loop MSE over "
             "the horizon divided by copying the last context frame (below 1: better than the yardstick); "
