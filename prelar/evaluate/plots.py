@@ -230,18 +230,17 @@ def histories(
         for method, runs in table.groupby("method", sort=True):
             color = colors[method]
             seeds = sorted(runs["seed"].unique())
+            line = seed_mean(runs, metric)
             if len(seeds) == 1:
-                line = _series(runs, metric)
                 name = f"{method} s{seeds[0]}"
                 ax.plot(line.index, line, color=color, lw=1.2, marker="o", ms=2, label=name)
             else:
                 for _, run in runs.groupby("seed", sort=True):
-                    line = _series(run, metric)
-                    ax.plot(line.index, line, color=color, lw=0.7, alpha=0.35)
-                line = seed_mean(runs, metric)
+                    own = seed_mean(run, metric)
+                    ax.plot(own.index, own, color=color, lw=0.7, alpha=0.35)
                 ax.plot(line.index, line, color=color, lw=2.2, label=f"{method} (mean of {len(seeds)} seeds)")
             if isinstance(yardstick, str):
-                ref = _series(runs, yardstick) if len(seeds) == 1 else seed_mean(runs, yardstick)
+                ref = seed_mean(runs, yardstick)
                 ax.plot(ref.index, ref, "--", color=color, lw=0.8)
         if isinstance(yardstick, int | float):
             ax.axhline(yardstick, color="grey", lw=0.9, ls="--")
@@ -258,13 +257,8 @@ def histories(
     return fig
 
 
-def _series(run: pd.DataFrame, metric: str) -> pd.Series:
-    """One run's `metric` by step (columns step, metric, value of the long table)."""
-    return run.loc[run["metric"] == metric].groupby("step")["value"].mean()
-
-
 def seed_mean(runs: pd.DataFrame, metric: str) -> pd.Series:
-    """The mean over seeds of `metric` by step, at the steps every seed of `runs` has (a seed whose run is
-    shorter or still going does not pull the mean's tail towards it)."""
+    """The mean over seeds of `metric` by step (one seed: its own line), at the steps every seed of `runs` has
+    (a seed whose run is shorter or still going does not pull the mean's tail towards it)."""
     lines = runs.loc[runs["metric"] == metric].pivot_table(index="step", columns="seed", values="value")
     return lines.reindex(columns=sorted(runs["seed"].unique())).dropna().mean(axis=1).rename(metric)
