@@ -139,6 +139,24 @@ class Model(_Section):
     use_consistency: bool = True  # PreLAR w/o CL: False
     consistency_form: Literal["soft", "sign"] = "soft"  # "sign": the reference code's inert loss
     consistency_temperature: float = 1.0
+    # The clip's true action a_t in the latent action's place (a yardstick from labels, not in the papers: the
+    # `true_action` variant): no inverse dynamics, action KL or consistency loss; latent_action_dim = the
+    # actions' dims (Meta-world: 4)
+    true_actions: bool = False
+
+    @model_validator(mode="after")
+    def _true_actions_alone(self) -> Model:
+        if self.true_actions and (self.action_free or self.use_action_kl or self.use_consistency):
+            raise ValueError(
+                "true_actions: the true action replaces the latent action, so it needs action_free, "
+                "use_action_kl and use_consistency all false (pre-train it as --variant true_action)"
+            )
+        return self
+
+    @property
+    def latent_actions(self) -> bool:
+        """Whether the model infers latent actions (PreLAR and its ablations; not APV, not true actions)."""
+        return not (self.action_free or self.true_actions)
 
 
 class Pretrain(_Section):

@@ -26,8 +26,12 @@ class Variant:
     model: Mapping[str, Any]
 
     def mismatch(self, model_config: Mapping[str, Any]) -> dict[str, Any]:
-        """The defining values that `model_config` (a `config.Model` as a dict) has otherwise; {} if none."""
-        return {k: model_config.get(k) for k, v in self.model.items() if model_config.get(k) != v}
+        """The defining values that `model_config` (a `config.Model` as a dict) has otherwise; {} if none. A
+        key it lacks (a checkpoint's, written before the key existed) counts with `config.Model`'s default."""
+        from prelar.config import Model
+
+        full = {**Model().model_dump(), **model_config}
+        return {k: full.get(k) for k, v in self.model.items() if full.get(k) != v}
 
 
 @dataclass(frozen=True)
@@ -59,14 +63,20 @@ def _variant(name: str, **model: Any) -> Variant:
     return Variant(name, MappingProxyType(model))
 
 
+_LATENT = {"action_free": False, "true_actions": False}  # the variants with latent actions
+
+
 VARIANTS: Mapping[str, Variant] = MappingProxyType(
     {
         v.name: v
         for v in (
-            _variant("prelar", action_free=False, use_consistency=True, use_action_kl=True),
-            _variant("prelar_no_cl", action_free=False, use_consistency=False, use_action_kl=True),
-            _variant("prelar_no_cl_al", action_free=False, use_consistency=False, use_action_kl=False),
+            _variant("prelar", **_LATENT, use_consistency=True, use_action_kl=True),
+            _variant("prelar_no_cl", **_LATENT, use_consistency=False, use_action_kl=True),
+            _variant("prelar_no_cl_al", **_LATENT, use_consistency=False, use_action_kl=False),
             _variant("apv", action_free=True),
+            # not in the papers: a yardstick from labels, the clip's true action in the latent action's place
+            _variant("true_action", action_free=False, true_actions=True, use_consistency=False,
+                     use_action_kl=False),
         )
     }
 )
@@ -82,6 +92,7 @@ METHODS: Mapping[str, Method] = MappingProxyType(
             ),
             Method("apv", "APV", "apv", stacked=True, bonus=True),
             Method("naive_ft", "Naive fine-tuning", "apv"),
+            Method("true_action", "Pre-trained with true actions", "true_action"),
             Method("dreamerv2", "DreamerV2", None),
         )
     }

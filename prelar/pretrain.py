@@ -87,8 +87,11 @@ def run(params: config.Params, args: argparse.Namespace) -> int:
     return 0
 
 
-def batches(shards, params: config.Params, dist: device.Dist, start_step: int) -> Iterator[torch.Tensor]:
-    """The batches of steps start_step, start_step + 1, ...: a pure function of (seed, step, rank).
+def batches(
+    shards, params: config.Params, dist: device.Dist, start_step: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """The batches of steps start_step, start_step + 1, ...: a pure function of (seed, step, rank), each
+    (segments uint8 [B, T, 3, 64, 64], their true actions [B, T-1, A] if `model.true_actions` else None).
 
     The stream restarts with loader seed (seed, k) at every step k that is a multiple of
     `checkpoint_every`; starting between two of them replays the batches since the last one.
@@ -96,16 +99,19 @@ def batches(shards, params: config.Params, dist: device.Dist, start_step: int) -
     from prelar.data.segments import make_loader
 
     every = params.pretrain.checkpoint_every
+    with_actions = params.model.true_actions
     step = start_step
     while True:
         chunk_start = step - step % every
         seed = seeding.mix(params.seed, chunk_start)
-        loader = make_loader(shards, params.loader, rank=dist.rank, world_size=dist.world_size, seed=seed)
+        loader = make_loader(shards, params.loader, rank=dist.rank, world_size=dist.world_size, seed=seed,
+                             with_actions=with_actions)
         stream = iter(loader)  # endless
         for _ in range(step - chunk_start):
             next(stream)
         for _ in range(chunk_start + every - step):
-            yield next(stream)
+            batch = next(stream)
+            yield batch if with_actions else (batch, None)
         del stream, loader  # shuts the loader's workers down before the next chunk starts its own
         step = chunk_start + every
 
@@ -117,8 +123,14 @@ class _Objective(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, frames: torch.Tensor, generator: torch.Generator, beta_a: torch.Tensor | None = None):
-        return self.model.loss(frames, generator=generator, beta_a=beta_a)
+    def forward(
+        self,
+        frames: torch.Tensor,
+        generator: torch.Generator,
+        beta_a: torch.Tensor | None = None,
+        actions: torch.Tensor | None = None,
+    ):
+        return self.model.loss(frames, generator=generator, beta_a=beta_a, actions=actions)
 
 
 def _gather_rng(dist: device.Dist) -> list[dict[str, Any]]:
@@ -211,16 +223,18 @@ def train_step(
     dist: device.Dist,
     component_norms: bool = False,
     beta_a: torch.Tensor | None = None,
+    actions: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """One update: loss (autocast per `cfg.precision`), backward, clip, Adam step.
 
     frames uint8 [B,T,3,64,64] on the device; beta_a: the action KL's weight this update (0-d tensor; None:
-    `model.beta_a`). Returns {loss, metrics, grad_norm (before clipping), norms (per
+    `model.beta_a`); actions: the segments' true actions [B, T-1, A] (`model.true_actions`).
+    Returns {loss, metrics, grad_norm (before clipping), norms (per
     component, if asked)}. Raises NonFiniteLossError, before the update, if any rank's loss or gradient norm
     is not finite.
     """
     with device.autocast(dist.device, cfg.precision):
-        loss, metrics, _ = objective(frames, generator, beta_a)
+        loss, metrics, _ = objective(frames, generator, beta_a, actions)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     norms = _grad_norms(model) if component_norms else {}
@@ -238,6 +252,8 @@ def train_step(
 
 
 def _train(params, shards, out, dist, run_name, callback, variant) -> dict[str, Any]:
+    from prelar.world_model import check_action_dims
+
     cfg = params.pretrain
     dev = dist.device
     precision = device.choose_precision(cfg.precision, dev)
@@ -305,7 +321,11 @@ def _train(params, shards, out, dist, run_name, callback, variant) -> dict[str, 
             _curve_point(monitor, model, out, 0, 0, mlflow_run)
         while step < cfg.steps:
             t0 = time.perf_counter()
-            frames = next(stream).to(dev, non_blocking=True)  # uint8 [B,T,3,64,64]
+            frames, actions = next(stream)  # uint8 [B,T,3,64,64], true actions [B,T-1,A] or None
+            frames = frames.to(dev, non_blocking=True)
+            if actions is not None:
+                check_action_dims(actions.shape[-1], params.model)
+                actions = actions.to(dev, non_blocking=True)
             generator = torch.Generator(device=dev).manual_seed(seeding.mix(params.seed, dist.rank, step))
             log_now = (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps
             beta_a = None
@@ -314,7 +334,7 @@ def _train(params, shards, out, dist, run_name, callback, variant) -> dict[str, 
                 beta_a = torch.tensor(weight, device=dev)
             try:
                 update = train_step(
-                    model, objective, optimizer, frames, generator, cfg, dist, log_now, beta_a=beta_a
+                    model, objective, optimizer, frames, generator, cfg, dist, log_now, beta_a, actions
                 )
             except NonFiniteLossError as err:
                 good = checkpoint.load(path)["step"] if path.exists() else "none"

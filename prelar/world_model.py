@@ -6,6 +6,8 @@ One model, switched by `config.Model`:
   PreLAR w/o CL & AL       use_consistency=False, use_action_kl=False: the latent action is deterministic
                            (the posterior mean), and Δã in the consistency loss is the L2 distance (Eq. 6)
   APV (action-free)        action_free=True: no inverse dynamics, an RSSM without action input (APV Eq. 1–2)
+  true actions             true_actions=True: the clip's true action a_t in ã_t's place, no inverse dynamics
+                           (a yardstick from labels, not in the papers: what the same loop does given actions)
 `StackedWorldModel` puts APV's action-conditional RSSM on a pre-trained action-free model (APV Eq. 3–4).
 
 Time alignment: the inverse dynamics encoder gives ã_t from (o_t, o_{t+1}) for t = 0..T−2; the RSSM's
@@ -25,7 +27,7 @@ import torch
 from torch import nn
 
 from prelar import losses
-from prelar.config import Model
+from prelar.config import ConfigError, Model
 from prelar.nets import RSSM, InverseDynamics, ResNetDecoder, ResNetEncoder
 from prelar.nets.rssm import State
 
@@ -40,6 +42,15 @@ def evaluating(module: nn.Module):
             yield
     finally:
         module.train(was_training)
+
+
+def check_action_dims(dims: int, cfg: Model) -> None:
+    """A ConfigError unless true actions of `dims` fit the RSSM's action input (`model.latent_action_dim`)."""
+    if dims != cfg.latent_action_dim:
+        raise ConfigError(
+            f"model.latent_action_dim: the clips' true actions have {dims} dims, the RSSM's action input "
+            f"{cfg.latent_action_dim}; a model.true_actions model needs model.latent_action_dim: {dims}"
+        )
 
 
 def preprocess(frames: torch.Tensor) -> torch.Tensor:
@@ -114,7 +125,7 @@ class WorldModel(OpenLoop):
         self.decoder = ResNetDecoder(self.rssm.feat_dim, cfg.cnn_width, norm=cfg.resnet_norm)
         self.inverse_dynamics = (
             None
-            if cfg.action_free
+            if not cfg.latent_actions
             else InverseDynamics(cfg.cnn_width, cfg.hidden, cfg.latent_action_dim, cfg.latent_action_min_std,
                                  norm=cfg.resnet_norm)
         )
@@ -132,7 +143,11 @@ class WorldModel(OpenLoop):
     def latent_action_posterior(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q(ã_t | o_t, o_{t+1}) for t = 0..T−2: images [B, T, ..] → (mean, std) [B, T−1, A]."""
         if self.inverse_dynamics is None:
-            raise ValueError("an action-free world model has no latent actions (model.action_free=true)")
+            raise ValueError(
+                "this world model has no latent actions: it is action-free (model.action_free=true), is "
+                "given the true actions (model.true_actions=true), or has dropped its inverse dynamics "
+                "(fine-tuning)"
+            )
         B, T = images.shape[:2]
         obs = images[:, :-1].reshape(-1, *images.shape[2:])  # [B(T−1), 3, 64, 64]
         nxt = images[:, 1:].reshape(-1, *images.shape[2:])
@@ -185,12 +200,15 @@ class WorldModel(OpenLoop):
         frames: torch.Tensor,
         generator: torch.Generator | None = None,
         beta_a: torch.Tensor | None = None,
+        actions: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor | State]]:
         """Eq. 9 on a batch of video segments.
 
         frames uint8 [B, T, 3, 64, 64] (T ≥ 2); `generator` (on the model's device) makes the latent-action
         samples, the state samples and the consistency pairing reproducible; `beta_a` (a 0-d tensor) weighs
-        the action KL in place of `model.beta_a` (its warm-up, `losses.warmup_weight`).
+        the action KL in place of `model.beta_a` (its warm-up, `losses.warmup_weight`); `actions` [B, T−1, A]
+        (actions[:, t] leads from frame t to t+1): the true actions, which a `model.true_actions` model takes
+        in the latent action's place (the loss is then Eq. 9 without the action KL and consistency terms).
         Returns (loss, metrics: detached float scalars, outputs: post, prior, embed, latent_action (the RSSM's
         action input [B, T, A]), latent_action_mean/std [B, T−1, A] (None if action-free); the outputs still
         carry the graph).
@@ -203,7 +221,14 @@ class WorldModel(OpenLoop):
         embed = self.encode(images)  # [B, T, E]
         zero = images.new_zeros(())
         mean = std = action = None
-        if not cfg.action_free:
+        if cfg.true_actions:
+            if actions is None or actions.shape[:2] != (B, T - 1):
+                raise ValueError(
+                    f"model.true_actions: the loss needs the segments' true actions [B, T-1, A] = "
+                    f"[{B}, {T - 1}, A], got {None if actions is None else tuple(actions.shape)}"
+                )
+            action = self.action_input(actions.to(images.dtype))  # [B, T, A]
+        elif not cfg.action_free:
             mean, std = self.latent_action_posterior(images)  # [B, T−1, A]
             if cfg.use_action_kl:
                 eps = torch.randn(mean.shape, generator=generator, device=mean.device)

@@ -276,3 +276,21 @@ def test_a_run_resumes_only_from_the_pre_trained_checkpoint_it_started_from(tmp_
         resume(older, other)
     scratch = {**extra, "pretrained_config": None}  # DreamerV2 from scratch loaded no checkpoint
     resume(scratch, other)
+
+
+def test_a_model_pre_trained_with_true_actions_is_fine_tuned_with_every_weight_kept(store, tmp_path):
+    params = _params(store)
+    switches = {"true_actions": True, "use_action_kl": False, "use_consistency": False}
+    cfg = params.model.model_copy(update={**switches, "latent_action_dim": 4})
+    torch.manual_seed(3)
+    saved = WorldModel(cfg)
+    path = checkpoint.save(
+        tmp_path / "true_action.pt", model=saved, optimizer=torch.optim.Adam(saved.parameters()), step=1,
+        model_config=cfg.model_dump(), rng=[checkpoint.rng_state()], extra={"variant": "true_action"},
+    )
+    model, _ = load_pretrained("true_action", path, params.model)
+    finetuned = FinetuneModel("true_action", params, model)
+    assert finetuned.action_encoder is None  # real actions straight into the pre-trained RSSM
+    ft = finetuned.state_dict()
+    for key, value in saved.state_dict().items():
+        torch.testing.assert_close(ft[f"world.{key}"], value, rtol=0, atol=0)

@@ -110,3 +110,27 @@ def test_no_usable_clip_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="rank 2"):
         SegmentDataset(tmp_path, segment_length=8, shuffle_buffer=4, holdout_fraction=0.0, rank=2,
                        world_size=2)
+
+
+def test_with_actions_each_segment_carries_the_actions_between_its_frames(tmp_path):
+    """actions[t] leads from frame t to t + 1: a segment of frames t0..t0+7 carries actions t0..t0+6."""
+    clips = []
+    for i in range(6):
+        clip = make_clip(i, 20 + i)
+        steps = np.arange(19 + i, dtype=np.float32)
+        actions = np.stack([steps, np.full_like(steps, i)], -1)  # [T-1, 2]: (step, clip)
+        clips.append(Clip(frames=clip.frames, actions=actions, meta=clip.meta))
+    write_shards(clips, tmp_path / "with", clips_per_shard=2)
+    cfg = CFG.model_copy(update={"holdout_fraction": 0.0})
+    for batch in islice(make_loader(tmp_path / "with", cfg, with_meta=True, with_actions=True), 3):
+        assert batch["actions"].shape == (4, 7, 2) and batch["actions"].dtype == torch.float32
+        for b in range(4):
+            t = batch["frames"][b, :-1, 0, 0, 0].float()  # red: the frame index
+            assert torch.equal(batch["actions"][b, :, 0], t)
+            assert (batch["actions"][b, :, 1] == int(batch["id"][b][-3:])).all()
+    frames, actions = next(iter(make_loader(tmp_path / "with", cfg, with_actions=True)))  # plain: a pair
+    assert frames.shape == (4, 8, 3, 64, 64) and actions.shape == (4, 7, 2)
+
+    write_shards([make_clip(i, 20) for i in range(2)], tmp_path / "without", clips_per_shard=2)
+    with pytest.raises(ValueError, match=r"shard-000000.tar: clip test/clip000 has no actions"):
+        next(iter(make_loader(tmp_path / "without", cfg, with_actions=True)))

@@ -33,3 +33,15 @@ def test_unknown_names_list_the_choices():
         methods.method("ppo")
     with pytest.raises(ValueError, match="unknown pre-training variant 'naive_ft'"):
         methods.variant("naive_ft")  # a method, but not something pre-trained
+
+
+def test_the_true_action_variant_fits_only_its_own_method_and_old_checkpoints_keep_theirs():
+    base = config.Model().model_dump()
+    true_action = {**base, "true_actions": True, "use_consistency": False, "use_action_kl": False}
+    assert methods.fitting(true_action) == ["true_action"]  # not w/o CL & AL, whose switches it shares
+    assert methods.method("prelar_no_cl_al").mismatch(true_action) == {"true_actions": True}
+    # a checkpoint's model_config written before `true_actions` existed counts it as its default (False)
+    old = {k: v for k, v in base.items() if k != "true_actions"}
+    assert methods.fitting(old) == ["prelar"]
+    with pytest.raises(ValueError, match="true_actions: the true action replaces the latent action"):
+        config.Model(true_actions=True)  # with the action KL and the consistency loss still on

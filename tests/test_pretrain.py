@@ -309,3 +309,34 @@ def test_learning_curves_measure_held_out_data_from_the_start_and_end_on_the_fin
         pretrain.pretrain(fewer, shards, tmp_path)
     assert checkpoint.load(tmp_path / "checkpoint.pt")["step"] == 6
     assert [int(r["step"]) for r in curves.read(tmp_path / curves.CSV)] == [0, 2, 4, 6]
+
+
+def test_the_true_action_variant_trains_and_predicts_with_the_clips_actions(tracking_uri, tmp_path):
+    """The yardstick from labels: the same loop with each segment's true actions in the latent action's
+    place; its curves measure prediction and ΔPSNR with the held-out clips' own vs another clip's actions."""
+    from prelar.agent.model import load_pretrained
+    from prelar.evaluate import curves
+
+    shards = tmp_path / "shards"  # one camera per episode: the held-out clips' actions all differ
+    write_shards(point_mass_clips(episodes=8, cameras=1), shards, clips_per_shard=2)
+    params = tiny_params(tracking_uri, eval_clips=4, probe=True, curve_every=2)
+    true_action = {"model.true_actions": True, "model.use_action_kl": False, "model.use_consistency": False}
+    wrong_dims = config.override(params, true_action)  # latent_action_dim 8, the point mass's actions 2
+    with pytest.raises(config.ConfigError, match="true actions have 2 dims.*model.latent_action_dim: 2"):
+        pretrain.pretrain(wrong_dims, shards, tmp_path / "wrong", variant="true_action")
+    params = config.override(params, {**true_action, "model.latent_action_dim": 2})
+    result = pretrain.pretrain(params, shards, tmp_path / "run", variant="true_action")
+    rows = curves.read(tmp_path / "run" / curves.CSV)
+    assert [int(r["step"]) for r in rows] == [0, 2, 4]
+    assert all(int(float(r["pred_clips"])) >= 2 and float(r["delta_psnr"]) != 0 for r in rows)  # reads them
+    assert "kl_action" not in rows[0] and "probe_r2" not in rows[0]
+    assert result["probe_skipped"].startswith("no latent actions")
+    ckpt = checkpoint.load(tmp_path / "run" / "checkpoint.pt")
+    assert ckpt["extra"]["variant"] == "true_action" and "rssm.img_in_action.weight" in ckpt["model"]
+
+    # fine-tuned with real actions, every pre-trained weight is kept (nothing starts fresh, unlike naive_ft)
+    ft_params = config.override(params, {"model.latent_action_dim": 4})
+    with pytest.raises(config.ConfigError, match="true actions of 2 dims; the environment's have 4"):
+        load_pretrained("true_action", tmp_path / "run" / "checkpoint.pt", ft_params.model)
+    with pytest.raises(config.ConfigError, match="has model switches .*true_actions"):
+        load_pretrained("prelar_no_cl_al", tmp_path / "run" / "checkpoint.pt", ft_params.model)

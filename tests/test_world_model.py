@@ -193,3 +193,24 @@ def test_one_training_step_is_timed():
     loss, _, _ = wm.loss(frames)
     loss.backward()
     assert time.perf_counter() - start < 30.0
+
+
+def test_true_actions_take_the_latent_actions_place_in_the_rssm():
+    """model.true_actions: no inverse dynamics; the loss reads the given actions (the prior depends on
+    them)."""
+    wm = _model(true_actions=True, use_action_kl=False, use_consistency=False, latent_action_dim=4)
+    assert wm.inverse_dynamics is None
+    frames = _frames(b=2, t=4)
+    actions = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(1))
+    with pytest.raises(ValueError, match=r"true actions \[B, T-1, A\] = \[2, 3, A\], got None"):
+        wm.loss(frames)
+    loss, metrics, outputs = wm.loss(frames, torch.Generator().manual_seed(0), actions=actions)
+    assert torch.equal(outputs["latent_action"][:, 1:], actions)
+    assert outputs["latent_action"][:, 0].abs().sum() == 0  # a zero action at t = 0, as for latent actions
+    assert metrics["kl_action"].item() == 0.0 and metrics["consistency"].item() == 0.0
+    other = wm.loss(frames, torch.Generator().manual_seed(0), actions=-actions)[1]
+    assert other["kl_dyn"].item() != metrics["kl_dyn"].item()  # the prior reads the actions
+    loss.backward()
+    assert wm.rssm.img_in_action.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="model.true_actions=true"):
+        wm.infer_latent_actions(frames)

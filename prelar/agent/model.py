@@ -9,6 +9,8 @@
     naive_ft    action-conditional WorldModel initialised    real action            (no bonus)
                 from the action-free ckpt; the RSSM's action
                 input layer starts fresh (APV Fig. 6a)
+    true_action WorldModel from the ckpt pre-trained with    real action            (no bonus)
+                true actions (not in the papers: a yardstick)
 
 Every method gets a reward head p_θ(r_t | s_t) trained on r_t; methods with a bonus add the auxiliary
 reward head trained on r_t + β·r_int_t (Eq. 11), which is then the reward that behaviour learning
@@ -67,7 +69,7 @@ def load_pretrained(
         ckpt = checkpoint.load(path)
     except ValueError as err:
         raise config.ConfigError(f"finetune.pretrained: {err}") from None
-    cfg = dict(ckpt["model_config"])
+    cfg = {**config.Model().model_dump(), **ckpt["model_config"]}  # a key added since counts as its default
     wrong = spec.mismatch(cfg)
     if wrong:
         expects = dict(spec.expects)
@@ -76,7 +78,13 @@ def load_pretrained(
             f"{expects}; fine-tune it with --method {', '.join(methods.fitting(cfg)) or 'none'} or pass a "
             f"checkpoint pre-trained with {expects}"
         )
-    if not cfg["action_free"] and cfg["latent_action_dim"] != model_params.latent_action_dim:
+    if cfg["true_actions"] and cfg["latent_action_dim"] != ACTION_DIM:
+        raise config.ConfigError(
+            f"finetune.pretrained: {path} was pre-trained with true actions of {cfg['latent_action_dim']} "
+            f"dims; the environment's have {ACTION_DIM}: pre-train it on clips of this environment's actions"
+        )
+    latent = not (cfg["action_free"] or cfg["true_actions"])  # `config.Model.latent_actions`
+    if latent and cfg["latent_action_dim"] != model_params.latent_action_dim:
         raise config.ConfigError(
             f"model.latent_action_dim: {path} was pre-trained with latent actions of "
             f"{cfg['latent_action_dim']} dims, params say {model_params.latent_action_dim}; set "
@@ -125,11 +133,12 @@ class FinetuneModel(nn.Module):
             self.world = WorldModel(model_cfg)
             self.world.inverse_dynamics = None
             frozen = []
-            if pretrained is not None:  # naive fine-tuning: everything but the action input layer
+            if pretrained is not None:  # everything, but naive fine-tuning's fresh action input layer
+                fresh = [] if pretrained.cfg.true_actions else ["rssm.img_in_action.weight"]
                 missing, unexpected = self.world.load_state_dict(pretrained.state_dict(), strict=False)
-                if unexpected or missing != ["rssm.img_in_action.weight"]:
+                if unexpected or missing != fresh:
                     raise config.ConfigError(
-                        f"finetune.pretrained: the action-free checkpoint does not fit an action-"
+                        f"finetune.pretrained: the checkpoint does not fit an action-"
                         f"conditional model of its sizes (missing {missing}, unexpected {unexpected}); "
                         f"pre-train again"
                     )

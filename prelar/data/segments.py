@@ -5,8 +5,10 @@ shards as streams, stream s reads shards s, s + S, s + 2S, ... (S streams), in a
 pass; with fewer shards, every stream reads all shards (in order) and keeps the training clips whose index
 among them is s modulo S. Clips in the held-out split (`in_holdout(id, holdout_fraction)`) are never read
 for training. Each visit of a clip of L >= T frames yields max(1, L // T) windows at random offsets;
-clips shorter than T are skipped (counted in a warning). Windows pass through a shuffle buffer. Random
-numbers come from `seeding.mix(seed, rank, worker)`, so a run is reproducible.
+clips shorter than T are skipped (counted in a warning). With `with_actions`, each window also carries its
+clip's true actions [T-1, A] (for a `model.true_actions` world model); a clip without actions is then an error
+naming it. Windows pass through a shuffle buffer. Random numbers come from `seeding.mix(seed, rank, worker)`,
+so a run is reproducible.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ log = logging.getLogger(__name__)
 
 
 class SegmentDataset(IterableDataset):
-    """Endless uint8 segments [T, 3, H, W]; with `with_meta`, dicts {frames, id, offset, stream}."""
+    """Endless uint8 segments [T, 3, H, W]; with `with_actions`, (segment, float32 actions [T-1, A]) pairs;
+    with `with_meta`, dicts {frames, id, offset, stream} (and actions)."""
 
     def __init__(
         self,
@@ -39,6 +42,7 @@ class SegmentDataset(IterableDataset):
         world_size: int = 1,
         seed: int = 0,
         with_meta: bool = False,
+        with_actions: bool = False,
     ):
         super().__init__()
         if not 0 <= rank < world_size:
@@ -49,6 +53,7 @@ class SegmentDataset(IterableDataset):
         self.holdout_fraction = holdout_fraction
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.with_meta = with_meta
+        self.with_actions = with_actions
 
     def _stream(self) -> tuple[int, int, int]:
         """(stream index, number of streams, worker id) of the calling DataLoader worker."""
@@ -78,11 +83,22 @@ class SegmentDataset(IterableDataset):
                     if length < T:
                         short += 1
                         continue
+                    if self.with_actions and clip.actions is None:
+                        raise ValueError(
+                            f"{shards[i]}: clip {clip_id} has no actions, and model.true_actions trains on "
+                            "the clips' true actions; use shards with actions (Meta-world, RLBench) or a "
+                            "variant with latent actions"
+                        )
                     for offset in rng.integers(0, length - T + 1, size=max(1, length // T)):
                         window = clip.frames[offset : offset + T].transpose(0, 3, 1, 2)  # [T, 3, H, W]
                         frames = torch.from_numpy(np.ascontiguousarray(window))  # [T, 3, H, W] uint8
+                        item = {"frames": frames, "id": clip_id, "offset": int(offset), "stream": stream}
+                        if self.with_actions:  # actions[t] leads from frame t to t + 1: [T-1, A]
+                            item["actions"] = torch.from_numpy(
+                                np.ascontiguousarray(clip.actions[offset : offset + T - 1], np.float32)
+                            )
                         yielded += 1
-                        yield {"frames": frames, "id": clip_id, "offset": int(offset), "stream": stream}
+                        yield item
             if first_pass and short:
                 log.warning(
                     "stream %d/%d: skipped %d of %d training clips shorter than segment_length=%d",
@@ -106,7 +122,10 @@ class SegmentDataset(IterableDataset):
                 continue
             slot = int(rng.integers(len(buffer)))
             item, buffer[slot] = buffer[slot], item
-            yield item if self.with_meta else item["frames"]
+            if self.with_meta:
+                yield item
+            else:
+                yield (item["frames"], item["actions"]) if self.with_actions else item["frames"]
 
 
 def make_loader(
@@ -116,11 +135,13 @@ def make_loader(
     world_size: int = 1,
     seed: int = 0,
     with_meta: bool = False,
+    with_actions: bool = False,
 ) -> DataLoader:
     """Batches of uint8 segments [B, T, 3, H, W] (B = batch_size, T = segment_length), endlessly.
 
-    shards: shard folder(s), tar(s) or glob(s). loader_cfg: `config.Loader`. With `with_meta`, batches are
-    dicts {frames [B, T, 3, H, W], id: list[str], offset [B], stream [B]}.
+    shards: shard folder(s), tar(s) or glob(s). loader_cfg: `config.Loader`. With `with_actions`, batches are
+    (segments, their true actions float32 [B, T-1, A]); with `with_meta`, dicts {frames [B, T, 3, H, W], id:
+    list[str], offset [B], stream [B]} (and actions).
     """
     dataset = SegmentDataset(
         shards,
@@ -131,6 +152,7 @@ def make_loader(
         world_size=world_size,
         seed=seed,
         with_meta=with_meta,
+        with_actions=with_actions,
     )
     return DataLoader(
         dataset,

@@ -5,7 +5,7 @@ One measurement (`Monitor.measure`), each part defined once elsewhere and called
 - open-loop prediction (`prelar.evaluate.prediction.evaluate_prediction`): `pred_mse` over the horizon with
   the clip's own inferred latent actions, beside `pred_copy_last_frame_mse`, the model-free yardstick, and
   their ratio `pred_mse_ratio` (below 1: the model beats copying the last frame); `delta_psnr` (own vs
-  another clip's latent actions);
+  another clip's latent actions; a `model.true_actions` model is given the clips' true actions instead);
 - the latent-action probe (`prelar.evaluate.probe.latent_action_probe`, the probe stage's clips, split and
   seeds): `probe_r2`, beside `probe_r2_untrained` (a fresh encoder, measured once when the monitor is built);
 - the objective's own terms on the held-out windows (`WorldModel.loss`, eval mode, a fixed generator):
@@ -29,7 +29,7 @@ from torch import nn
 
 from prelar import config
 from prelar.evaluate import prediction, probe
-from prelar.world_model import evaluating
+from prelar.world_model import check_action_dims, evaluating
 
 CSV = "curves.csv"  # in the pre-training run folder: step, frames, then the measurements
 PROBE_DATA = ("probe_clips", "probe_episodes", "probe_fit_clips")  # what each point's probe fits and scores
@@ -57,8 +57,19 @@ class Monitor:
         self.params = params
         ev, cfg = params.evaluate, params.pretrain
         self.skipped: dict[str, str] = {}
-        held_out = [clip.frames[: ev.window] for clip in held_out_clips(shards, params)]
-        self.windows = np.stack(held_out) if held_out else None  # uint8 [N, context + horizon, 64, 64, 3]
+        clips = held_out_clips(shards, params)
+        # uint8 [N, context + horizon, 64, 64, 3]
+        self.windows = np.stack([c.frames[: ev.window] for c in clips]) if clips else None
+        self.actions = None  # the windows' true actions [N, T-1, A], for a model.true_actions model
+        if model_cfg.true_actions and clips:
+            missing = [str(c.meta["id"]) for c in clips if c.actions is None]
+            if missing:
+                raise ValueError(
+                    f"held-out clips {missing[:3]} have no actions, and a model.true_actions model predicts "
+                    "from them; use shards with actions (Meta-world, RLBench)"
+                )
+            self.actions = np.stack([c.actions[: ev.window - 1] for c in clips]).astype(np.float32)
+            check_action_dims(self.actions.shape[-1], model_cfg)
         if self.windows is None:
             self.skipped["prediction_skipped"] = (
                 f"no held-out clip of >= {ev.window} frames "
@@ -68,8 +79,8 @@ class Monitor:
         self.probe_clips: list = []
         self.probe_fit_clips: list = []  # `evaluate.probe_fit`
         self.baseline: dict[str, Any] = {}
-        if model_cfg.action_free:
-            self.skipped["probe_skipped"] = "the action-free model has no latent actions"
+        if not model_cfg.latent_actions:
+            self.skipped["probe_skipped"] = "no latent actions (action-free, or given true actions)"
         elif cfg.probe:
             try:
                 self.probe_clips, split = probe.probe_clips(shards, params)
@@ -117,13 +128,16 @@ class Monitor:
         if self.windows is not None:
             ev = self.params.evaluate
             with evaluating(model):
-                result.update(prediction.evaluate_prediction(model, self.windows, figures, ev.context))
+                result.update(
+                    prediction.evaluate_prediction(model, self.windows, figures, ev.context, self.actions)
+                )
                 result["pred_mse_ratio"] = result["pred_mse"] / max(result["pred_copy_last_frame_mse"], 1e-12)
                 frames = torch.from_numpy(self.windows).permute(0, 1, 4, 2, 3).to(_device(model))
+                actions = None if self.actions is None else torch.from_numpy(self.actions).to(frames.device)
                 generator = torch.Generator(device=frames.device).manual_seed(self.params.seed)
-                _, terms, _ = model.loss(frames, generator)
+                _, terms, _ = model.loss(frames, generator, actions=actions)
             cfg = model.cfg
-            latent = not cfg.action_free
+            latent = cfg.latent_actions
             for name, used in (
                 ("kl_dyn", True),
                 ("kl_action", latent and cfg.use_action_kl),

@@ -224,19 +224,33 @@ def _write_figures(
 
 @torch.no_grad()
 def evaluate_prediction(
-    model: nn.Module, clips: np.ndarray, out: str | Path | None, context: int
+    model: nn.Module,
+    clips: np.ndarray,
+    out: str | Path | None,
+    context: int,
+    actions: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Open-loop prediction metrics and figures on held-out clips uint8 [N,T,64,64,3] (T = context + horizon).
 
     The latent actions are the posterior means inferred from the clip itself (they see the future frame pairs
-    by design). Returns flat metrics: `pred_mse` (`open_loop_frame_mse` averaged over clips and horizon),
+    by design); a `model.true_actions` model is given the clips' true `actions` [N, T-1, A] instead.
+    Returns flat metrics: `pred_mse` (`open_loop_frame_mse` averaged over clips and horizon),
     `pred_copy_last_frame_mse` (the yardstick's, likewise), `pred_psnr` (mean over the horizon),
     `pred_psnr_h{k}` for k = 1, 5, 10, ..., the last step; `delta_psnr` (and per horizon) when the model has
-    latent actions and N >= 2. Writes `open_loop.gif` and, with N >= 4 and latent actions, the two Fig. 1
+    (latent or true) actions and N >= 2. Writes `open_loop.gif` and, with N >= 4 and actions, the two Fig. 1
     grids into `out` (None: no figures).
     """
     frames = _frames(clips, model)  # uint8 [N,T,3,64,64]
-    own = None if model.cfg.action_free else model.infer_latent_actions(frames)[0]  # [N,T-1,A]
+    if model.cfg.true_actions:
+        if actions is None or actions.shape[:2] != (frames.shape[0], frames.shape[1] - 1):
+            raise ValueError(
+                f"a model.true_actions model predicts from the clips' true actions [N, T-1, A] = "
+                f"[{frames.shape[0]}, {frames.shape[1] - 1}, A]; got "
+                f"{None if actions is None else actions.shape}"
+            )
+        own = torch.as_tensor(actions, dtype=torch.float32, device=frames.device)  # [N,T-1,A]
+    else:
+        own = model.infer_latent_actions(frames)[0] if model.cfg.latent_actions else None  # [N,T-1,A]
     action = None if own is None else model.action_input(own)  # [N,T,A]
     mse = open_loop_frame_mse(model, frames, action, context)  # [N,H]
     per_step = psnr(mse).mean(0)  # [H]
@@ -250,7 +264,7 @@ def evaluate_prediction(
     for k in sorted({1, 5, 10, 15, 20, horizon} & set(range(1, horizon + 1))):
         result[f"pred_psnr_h{k}"] = per_step[k - 1].item()
     if own is not None and frames.shape[0] >= 2:
-        delta = controllability(model, frames, context)["delta_psnr"]  # [H]
+        delta = swapped_action_psnr(model, frames, action, context)["delta_psnr"]  # [H]
         result["delta_psnr"] = delta.mean().item()
         result[f"delta_psnr_h{horizon}"] = delta[-1].item()
     if out is not None:

@@ -39,6 +39,7 @@ from prelar import metrics as names
 STAGES = ("probe", "controllability", "transfer-data", "transfer")
 SCRATCH = registry.SCRATCH.name
 COPY_LAST = "copy last frame"  # transfer's model-free yardstick (plot and CSV only, not an MLflow method)
+NO_LATENT_ACTIONS = "no latent actions (action-free, or given true actions)"  # why a checkpoint is skipped
 SEED_SCOPE = "evaluation only: one pre-training run per method, seeds vary the evaluation's randomness"
 
 
@@ -147,11 +148,11 @@ def load_checkpoints(paths: list[str | Path], dev: torch.device) -> list[tuple[s
 
 
 def latent_action_models(loaded, what: str) -> list[tuple[str, Path, torch.nn.Module]]:
-    """The checkpoints with latent actions; the action-free ones are skipped with a printed note."""
+    """The checkpoints with latent actions; the others (action-free, true actions) are skipped with a note."""
     kept = []
     for method, path, model in loaded:
-        if model.cfg.action_free:
-            print(f"evaluate {what}: skipping {path} ({method}): an action-free model has no latent actions")
+        if not model.cfg.latent_actions:
+            print(f"evaluate {what}: skipping {path} ({method}): {NO_LATENT_ACTIONS}")
         else:
             kept.append((method, path, model))
     return kept
@@ -247,7 +248,7 @@ def probe_stage(params: config.Params, checkpoints, shards, out: str | Path, met
     cfg, dev, out = params.evaluate, evaluation_device(params), Path(out)
     loaded = load_checkpoints(checkpoints, dev)
     models = latent_action_models(loaded, "probe")
-    skipped = {str(p): "action-free: no latent actions" for m, p, model in loaded if model.cfg.action_free}
+    skipped = {str(p): NO_LATENT_ACTIONS for m, p, model in loaded if not model.cfg.latent_actions}
     clips, split_used = probe.probe_clips(shards, params)
     fit_clips = probe.probe_fit_clips(shards, params, clips, split_used)
     episodes = len({probe.episode_key(c) for c in clips})
@@ -308,7 +309,7 @@ def controllability_stage(
     cfg, dev, out = params.evaluate, evaluation_device(params), Path(out)
     loaded = load_checkpoints(checkpoints, dev)
     models = latent_action_models(loaded, "controllability")
-    skipped = {str(p): "action-free: no latent actions" for m, p, model in loaded if model.cfg.action_free}
+    skipped = {str(p): NO_LATENT_ACTIONS for m, p, model in loaded if not model.cfg.latent_actions}
     length = cfg.window
     # held-out clips when they give 2 windows (one clip lends its latent actions to another), else all
     clips, split_used = probe.select_clips(shards, params, cfg.controllability_windows, 2, min_frames=length)
