@@ -290,6 +290,17 @@ def test_a_model_pre_trained_with_true_actions_is_fine_tuned_with_every_weight_k
     )
     model, _ = load_pretrained("true_action", path, params.model)
     finetuned = FinetuneModel("true_action", params, model)
+    # a PreLAR checkpoint written before `true_actions` existed still loads as PreLAR's (the key's default)
+    old = checkpoint.load(tmp_path / "true_action.pt")
+    plain = params.model.model_dump()
+    plain.pop("true_actions")
+    torch.manual_seed(3)
+    prelar = WorldModel(params.model)
+    old_path = checkpoint.save(
+        tmp_path / "old_prelar.pt", model=prelar, optimizer=torch.optim.Adam(prelar.parameters()), step=1,
+        model_config=plain, rng=old["rng"], extra={"variant": "prelar"},
+    )
+    assert load_pretrained("prelar", old_path, params.model)[0].cfg.latent_actions
     assert finetuned.action_encoder is None  # real actions straight into the pre-trained RSSM
     ft = finetuned.state_dict()
     for key, value in saved.state_dict().items():

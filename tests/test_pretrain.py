@@ -325,6 +325,17 @@ def test_the_true_action_variant_trains_and_predicts_with_the_clips_actions(trac
     with pytest.raises(config.ConfigError, match="true actions have 2 dims.*model.latent_action_dim: 2"):
         pretrain.pretrain(wrong_dims, shards, tmp_path / "wrong", variant="true_action")
     params = config.override(params, {**true_action, "model.latent_action_dim": 2})
+    # the curves' windows carry the actions between their frames: actions[t] leads from frame t to t + 1
+    monitor = curves.Monitor(params, [shards], params.model, torch.device("cpu"))
+    held_out = curves.held_out_clips([shards], params)
+    window = params.evaluate.window
+    assert monitor.actions.shape == (len(held_out), window - 1, 2) and monitor.windows.shape[1] == window
+    for clip, actions in zip(held_out, monitor.actions, strict=True):
+        np.testing.assert_array_equal(actions, clip.actions[: window - 1])
+    from prelar.evaluate.prediction import evaluate_prediction
+
+    with pytest.raises(ValueError, match=r"true actions \[N, T-1, A\]"):  # predicting needs them
+        evaluate_prediction(WorldModel(params.model), monitor.windows, None, params.evaluate.context)
     result = pretrain.pretrain(params, shards, tmp_path / "run", variant="true_action")
     rows = curves.read(tmp_path / "run" / curves.CSV)
     assert [int(r["step"]) for r in rows] == [0, 2, 4]
