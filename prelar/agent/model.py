@@ -69,7 +69,7 @@ def load_pretrained(
         ckpt = checkpoint.load(path)
     except ValueError as err:
         raise config.ConfigError(f"finetune.pretrained: {err}") from None
-    cfg = {**config.Model().model_dump(), **ckpt["model_config"]}  # a key added since counts as its default
+    cfg = dict(ckpt["model_config"])  # (a key added since it was written counts with its default)
     wrong = spec.mismatch(cfg)
     if wrong:
         expects = dict(spec.expects)
@@ -78,30 +78,35 @@ def load_pretrained(
             f"{expects}; fine-tune it with --method {', '.join(methods.fitting(cfg)) or 'none'} or pass a "
             f"checkpoint pre-trained with {expects}"
         )
-    if cfg["true_actions"] and cfg["latent_action_dim"] != ACTION_DIM:
-        raise config.ConfigError(
-            f"finetune.pretrained: {path} was pre-trained with true actions of {cfg['latent_action_dim']} "
-            f"dims; the environment's have {ACTION_DIM}: pre-train it on clips of this environment's actions"
-        )
-    latent = not (cfg["action_free"] or cfg["true_actions"])  # `config.Model.latent_actions`
-    if latent and cfg["latent_action_dim"] != model_params.latent_action_dim:
-        raise config.ConfigError(
-            f"model.latent_action_dim: {path} was pre-trained with latent actions of "
-            f"{cfg['latent_action_dim']} dims, params say {model_params.latent_action_dim}; set "
-            f"model.latent_action_dim: {cfg['latent_action_dim']} (the action encoder's output) or "
-            f"pre-train again"
-        )
     try:
         model_cfg = config.Model(**cfg)
+    except (ValueError, TypeError) as err:
+        raise _unfit(path, err) from None
+    dims = model_cfg.latent_action_dim
+    if model_cfg.true_actions and dims != ACTION_DIM:
+        raise config.ConfigError(
+            f"finetune.pretrained: {path} was pre-trained with true actions of {dims} dims; the "
+            f"environment's have {ACTION_DIM}: pre-train it on clips of this environment's actions"
+        )
+    if model_cfg.latent_actions and dims != model_params.latent_action_dim:
+        raise config.ConfigError(
+            f"model.latent_action_dim: {path} was pre-trained with latent actions of {dims} dims, params say "
+            f"{model_params.latent_action_dim}; set model.latent_action_dim: {dims} (the action encoder's "
+            f"output) or pre-train again"
+        )
+    try:
         model = WorldModel(model_cfg)
         model.load_state_dict(ckpt["model"])
     except (RuntimeError, ValueError, TypeError) as err:
-        raise config.ConfigError(
-            f"finetune.pretrained: {path} does not fit the world model of this code ({err}); "
-            f"pre-train it again "
-            f"with `prelar pretrain`"
-        ) from None
+        raise _unfit(path, err) from None
     return model, ckpt
+
+
+def _unfit(path: str | Path, err: Exception) -> config.ConfigError:
+    return config.ConfigError(
+        f"finetune.pretrained: {path} does not fit the world model of this code ({err}); pre-train it again "
+        "with `prelar pretrain`"
+    )
 
 
 class FinetuneModel(nn.Module):
