@@ -47,7 +47,7 @@ CURVE_PREFIX = "curve/"  # + a held-out measurement of `prelar.evaluate.curves`,
 # log scale
 CURVE_PANELS = [
     (f"{CURVE_PREFIX}probe_r2", "probe R² (dashed: untrained)", f"{CURVE_PREFIX}probe_r2_untrained", False),
-    (f"{CURVE_PREFIX}delta_psnr", "ΔPSNR own vs shuffled latent actions (dB)", 0.0, False),
+    (f"{CURVE_PREFIX}delta_psnr", "ΔPSNR own vs another clip's actions (dB)", 0.0, False),
     (f"{CURVE_PREFIX}pred_mse_ratio", "open-loop MSE / copy-last-frame MSE", 1.0, True),
     (f"{CURVE_PREFIX}kl_action", "action KL (nats)", None, False),
     (f"{CURVE_PREFIX}kl_dyn", "dynamics KL (nats)", None, False),
