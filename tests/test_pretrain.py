@@ -14,6 +14,7 @@ import torch.multiprocessing as mp
 from prelar import checkpoint, cli, config, pretrain, tracking
 from prelar.data.clip import Clip
 from prelar.data.shards import write_shards
+from prelar.evaluate.prediction import evaluate_prediction
 from prelar.world_model import WorldModel
 
 REPO = Path(__file__).resolve().parents[1]
@@ -332,8 +333,6 @@ def test_the_true_action_variant_trains_and_predicts_with_the_clips_actions(trac
     assert monitor.actions.shape == (len(held_out), window - 1, 2) and monitor.windows.shape[1] == window
     for clip, actions in zip(held_out, monitor.actions, strict=True):
         np.testing.assert_array_equal(actions, clip.actions[: window - 1])
-    from prelar.evaluate.prediction import evaluate_prediction
-
     with pytest.raises(ValueError, match=r"true actions \[N, T-1, A\]"):  # predicting needs them
         evaluate_prediction(WorldModel(params.model), monitor.windows, None, params.evaluate.context)
     result = pretrain.pretrain(params, shards, tmp_path / "run", variant="true_action")
