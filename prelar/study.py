@@ -578,14 +578,21 @@ def _true_action_text(true_actions: dict[str, Any] | None) -> str:
 
 def learning_figure(points: pd.DataFrame):
     """The study's learning-curve figure (the report's panels, `names.CURVE_PANELS`) of `collect`'s points
-    (or a study's `curves.csv`): one colour per run, its seeds and their mean (`plots.histories`)."""
+    (or a study's `curves.csv`): one colour per run, its seeds and their mean (`plots.histories`). Its x-axis
+    is updates, or frames seen where the runs see different numbers of frames per update (a larger batch):
+    then a point of one run lines up with the points of the others that have seen as many frames."""
     from prelar.evaluate import plots
 
+    trained = points[points["step"] > 0]
+    by_frames = (trained["frames"] / trained["step"]).nunique() > 1
+    x_label = "frames seen (thousands)" if by_frames else "update"
+    points = points.assign(step=points["frames"] / 1000) if by_frames else points
     measured = [c for c in points.columns if c not in ("run", "seed", "step", "frames")]
     long = points.melt(id_vars=["run", "seed", "step"], value_vars=measured, var_name="metric")
     long = long.dropna(subset=["value"]).rename(columns={"run": "method"})
     long["metric"] = names.CURVE_PREFIX + long["metric"]
-    return plots.histories(long, "Pre-training study: learning curves, held-out clips", names.CURVE_PANELS)
+    title = "Pre-training study: learning curves, held-out clips"
+    return plots.histories(long, title, names.CURVE_PANELS, x_label)
 
 
 def write_summary(

@@ -60,6 +60,29 @@ def test_differences_pair_runs_by_seed():
     assert study.differences(unfinished, "prelar").iloc[0]["seeds"] == 2
 
 
+def test_the_figure_lines_runs_up_by_frames_seen_when_their_batches_differ():
+    def points(run: str, frames_per_update: int, steps: list[int]) -> pd.DataFrame:
+        return pd.DataFrame(
+            {"run": run, "seed": 0, "step": steps, "frames": [s * frames_per_update for s in steps],
+             "delta_psnr": [0.1 * s / 100 for s in steps]}
+        )
+
+    def ax_of(table: pd.DataFrame):
+        fig = study.learning_figure(table)
+        (ax,) = [ax for ax in fig.axes if ax.get_title().startswith("ΔPSNR")]
+        return ax, {line.get_label(): np.asarray(line.get_xdata(), float) for line in ax.get_lines()}
+
+    same = pd.concat([points("a", 256, [0, 100, 200]), points("b", 256, [0, 100])])
+    ax, lines = ax_of(same)
+    assert ax.get_xlabel() == "update"
+    np.testing.assert_allclose(lines["a s0"], [0, 100, 200])
+    larger_batch = pd.concat([points("a", 256, [0, 100, 200]), points("b", 512, [0, 100])])
+    ax, lines = ax_of(larger_batch)
+    assert ax.get_xlabel() == "frames seen (thousands)"
+    np.testing.assert_allclose(lines["a s0"], [0, 25.6, 51.2])
+    np.testing.assert_allclose(lines["b s0"], [0, 51.2])  # b's update 100 lines up with a's 200
+
+
 def test_transfer_summary_pairs_each_run_with_scratch_of_its_seed():
     rows = pd.DataFrame(
         {

@@ -211,14 +211,17 @@ def points_per_method(table: pd.DataFrame, y: str, ylabel: str, title: str) -> F
 
 
 def histories(
-    table: pd.DataFrame, title: str, panels: list[tuple[str, str, str | float | None, bool]] | None = None
+    table: pd.DataFrame,
+    title: str,
+    panels: list[tuple[str, str, str | float | None, bool]] | None = None,
+    x_label: str = "update",
 ) -> Figure:
     """One panel per (metric, label, yardstick, log scale) of `panels` (default: every metric, titled by its
-    name, no yardstick, linear) from the long table (columns step, metric, value, method, seed), coloured by
-    method. A method with one seed is one line; with several, each seed is a thin translucent line and their
-    mean a thick one, at the steps every seed has (`seed_mean`). The yardstick is a constant (grey line) or
-    another metric of the table (dashed, per run or as the seeds' mean: e.g. the untrained encoder's probe);
-    None: none. Panels without data are left out."""
+    name, no yardstick, linear) from the long table (columns step, metric, value, method, seed; `step` is
+    the x-axis, named `x_label`), coloured by method. A method with one seed is one line; with several, each
+    seed is a thin translucent line and their mean a thick one, at the steps every seed has (`seed_mean`).
+    The yardstick is a constant (grey line) or another metric of the table (dashed, per run or as the seeds'
+    mean: e.g. the untrained encoder's probe); None: none. Panels without data are left out."""
     if panels is None:
         panels = [(metric, metric, None, False) for metric in sorted(table["metric"].unique())]
     panels = [p for p in panels if (table["metric"] == p[0]).any()]
@@ -247,7 +250,7 @@ def histories(
         if log:
             ax.set_yscale("log")
         ax.set_title(heading, fontsize=10)
-        ax.set_xlabel("update")
+        ax.set_xlabel(x_label)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
