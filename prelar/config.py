@@ -376,14 +376,26 @@ def _unique(values: list) -> list:
 
 
 class StudyRun(_Section):
-    """One run of the study: a pre-training variant (prelar/methods.py) and `model` values on top of it."""
+    """One run of the study: a pre-training variant (prelar/methods.py), `model` values on top of it, and
+    `loader` / `pretrain` values for this run alone (e.g. {batch_size: 32}: more frames per update). The
+    study sets the length and curve spacing of every run, and every run shares its held-out clips."""
 
     variant: str = "prelar"
     model: dict[str, float | bool] = {}
+    loader: dict[str, int | float] = {}
+    pretrain: dict[str, int | float | bool | str] = {}
 
     @model_validator(mode="after")
     def _registered(self) -> StudyRun:
         check_variant_values(self.variant, self.model)
+        for section, values, fields, owned in (
+            ("loader", self.loader, Loader.model_fields, {"holdout_fraction"}),
+            ("pretrain", self.pretrain, Pretrain.model_fields, {"steps", "curve_every"}),
+        ):
+            if unknown := sorted(set(values) - set(fields)):
+                raise ValueError(f"{unknown} are not `{section}` parameters")
+            if shared := sorted(set(values) & owned):
+                raise ValueError(f"`{section}` {shared}: the study sets these for every run (`study`)")
         return self
 
 

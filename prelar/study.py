@@ -73,8 +73,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_params(params: config.Params, name: str, seed: int) -> config.Params:
-    """The parameters of one study run: its variant's and its own `model` values, the study's length and
-    curve spacing, its seed and MLflow experiment."""
+    """The parameters of one study run: its variant's and its own `model`, `loader` and `pretrain` values,
+    the study's length and curve spacing, its seed and MLflow experiment."""
     from prelar.pretrain import variant_updates
 
     study = params.study
@@ -84,6 +84,8 @@ def run_params(params: config.Params, name: str, seed: int) -> config.Params:
         {
             **variant_updates(params, spec.variant),
             **{f"model.{k}": v for k, v in spec.model.items()},
+            **{f"loader.{k}": v for k, v in spec.loader.items()},
+            **{f"pretrain.{k}": v for k, v in spec.pretrain.items()},
             "pretrain.steps": study.steps,
             "pretrain.curve_every": study.curve_every,
             "seed": seed,

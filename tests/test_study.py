@@ -253,6 +253,30 @@ def test_a_study_run_must_name_a_registered_variant_and_model_keys():
         config.resolve({"study": {"runs": {"x": {"variant": "prelar", "model": {"beta_z": 1.0}}}}})
     with pytest.raises(config.ConfigError, match="contradict"):
         config.resolve({"study": {"runs": {"x": {"variant": "apv", "model": {"action_free": False}}}}})
+    with pytest.raises(config.ConfigError, match=r"\['batch'\] are not `loader` parameters"):
+        config.resolve({"study": {"runs": {"x": {"loader": {"batch": 32}}}}})
+    with pytest.raises(config.ConfigError, match=r"`pretrain` \['steps'\]: the study sets these"):
+        config.resolve({"study": {"runs": {"x": {"pretrain": {"steps": 10}}}}})
+    with pytest.raises(config.ConfigError, match=r"`loader` \['holdout_fraction'\]: the study sets these"):
+        config.resolve({"study": {"runs": {"x": {"loader": {"holdout_fraction": 0.5}}}}})
+
+
+def test_a_study_run_sets_its_own_batch_and_learning_rate_and_only_its_own():
+    params = config.resolve(
+        {
+            "study": {
+                "steps": 7,
+                "runs": {
+                    "b32": {"loader": {"batch_size": 32}, "pretrain": {"lr": 6e-4}, "model": {"beta_a": 0.1}},
+                    "plain": {"model": {"beta_a": 0.01}},
+                },
+            }
+        }
+    )
+    b32, plain = study.run_params(params, "b32", 1), study.run_params(params, "plain", 1)
+    assert (b32.loader.batch_size, b32.pretrain.lr, b32.model.beta_a) == (32, 6e-4, 0.1)
+    assert (plain.loader.batch_size, plain.pretrain.lr) == (params.loader.batch_size, params.pretrain.lr)
+    assert b32.pretrain.steps == plain.pretrain.steps == 7 and b32.seed == 1
 
 
 def test_the_yardsticks_fit_their_probe_as_the_runs_did_or_refuse(tmp_path):
