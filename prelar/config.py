@@ -164,6 +164,8 @@ class Pretrain(_Section):
 
     steps: int = 160
     lr: float = 3e-4
+    # constant: the papers'; cosine: annealed from `lr` to 0 over `steps` (not in the papers)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     eps: float = 1e-5
     grad_clip: float = 100.0
     precision: Precision = "auto"

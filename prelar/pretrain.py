@@ -332,6 +332,8 @@ def _train(params, shards, out, dist, run_name, callback, variant) -> dict[str, 
             if params.model.beta_a_warmup > 0:
                 weight = losses.warmup_weight(params.model.beta_a, step, params.model.beta_a_warmup)
                 beta_a = torch.tensor(weight, device=dev)
+            for group in optimizer.param_groups:
+                group["lr"] = losses.learning_rate(cfg.lr, step, cfg.steps, cfg.lr_schedule)
             try:
                 update = train_step(
                     model, objective, optimizer, frames, generator, cfg, dist, log_now, beta_a, actions
@@ -351,6 +353,8 @@ def _train(params, shards, out, dist, run_name, callback, variant) -> dict[str, 
             values["grad_norm/total"] = update["grad_norm"].float()
             if beta_a is not None:
                 values[f"{names.PRETRAIN_PREFIX}beta_a"] = beta_a  # the warm-up's weight this update
+            if cfg.lr_schedule != "constant":
+                values[f"{names.PRETRAIN_PREFIX}lr"] = torch.tensor(optimizer.param_groups[0]["lr"])
             for k, v in values.items():
                 sums[k] = sums.get(k, 0.0) + v.item()
             count += 1

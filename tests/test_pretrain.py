@@ -132,6 +132,33 @@ def test_beta_a_warmup_weighs_each_update_and_resumes_on_schedule(shards, tracki
     assert {m.step: m.value for m in history} == {1: 0.0, 2: 0.5, 3: 1.0, 4: 1.0}  # (the end logs it again)
 
 
+def test_cosine_learning_rate_steps_each_update_and_resumes_on_schedule(shards, tracking_uri, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    params = config.override(
+        tiny_params(tracking_uri, log_every=1, lr=1e-3), {"pretrain.lr_schedule": "cosine"}
+    )
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupt_after_update_3(step, frames, model):
+        if step == 3:
+            raise Interrupted  # before update 3 is logged or saved: the checkpoint is update 2's
+
+    with pytest.raises(Interrupted):
+        pretrain.pretrain(params, shards, tmp_path, run_name="cos", callback=interrupt_after_update_3)
+    pretrain.pretrain(params, shards, tmp_path, run_name="cos")  # resumed at update 3 of 4
+    run_id = checkpoint.load(tmp_path / "checkpoint.pt")["extra"]["mlflow_run_id"]
+    client = MlflowClient(tracking.resolve_tracking_uri(tracking_uri))
+    logged = {m.step: m.value for m in client.get_metric_history(run_id, "train/lr")}
+    # update k of 4 steps Adam with lr · (1 + cos(π (k - 1) / 4)) / 2, the resumed half included
+    assert logged == pytest.approx({1: 1e-3, 2: 0.8536e-3, 3: 0.5e-3, 4: 0.1464e-3}, rel=1e-3)
+    assert checkpoint.load(tmp_path / "checkpoint.pt")["optimizer"]["param_groups"][0]["lr"] == pytest.approx(
+        0.1464e-3, rel=1e-3
+    )
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(shards, tracking_uri, tmp_path):
     pretrain.pretrain(tiny_params(tracking_uri, steps=2), shards, tmp_path)
     path = tmp_path / "checkpoint.pt"
