@@ -164,7 +164,8 @@ class Pretrain(_Section):
 
     steps: int = 160
     lr: float = 3e-4
-    # constant: the papers'; cosine: annealed from `lr` to 0 over `steps` (not in the papers)
+    # constant: the papers'; cosine: annealed from `lr` to 0 over `steps` (not in the papers; a cosine run
+    # resumes only with its own `steps`)
     lr_schedule: Literal["constant", "cosine"] = "constant"
     eps: float = 1e-5
     grad_clip: float = 100.0
@@ -398,6 +399,8 @@ class StudyRun(_Section):
                 raise ValueError(f"{unknown} are not `{section}` parameters")
             if shared := sorted(set(values) & owned):
                 raise ValueError(f"`{section}` {shared}: the study sets these for every run (`study`)")
+        typed_values(Loader, self.loader, set(Loader.model_fields), "`loader`")  # bad values fail at load,
+        typed_values(Pretrain, self.pretrain, set(Pretrain.model_fields), "`pretrain`")  # not mid-study
         return self
 
 

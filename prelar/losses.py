@@ -121,18 +121,6 @@ def warmup_weight(weight: float, step: int, warmup: int) -> float:
     return weight if warmup <= 0 else weight * min(1.0, step / warmup)
 
 
-def learning_rate(lr: float, step: int, steps: int, schedule: str) -> float:
-    """The learning rate of update `step + 1` of `steps`: `lr` throughout ("constant", the papers'), or
-    cosine-annealed from `lr` towards 0 ("cosine": lr · (1 + cos(π · step / steps)) / 2; Loshchilov & Hutter
-    2017, without restarts; `pretrain.lr_schedule`, not in the papers). A pure function of the step, so a
-    resumed run goes on where it stopped."""
-    if schedule == "constant":
-        return lr
-    if schedule == "cosine":
-        return 0.5 * lr * (1.0 + math.cos(math.pi * step / steps))
-    raise ValueError(f"unknown learning-rate schedule {schedule!r} (constant | cosine)")
-
-
 def pretrain_loss(
     image_nll: torch.Tensor,
     kl_dyn: torch.Tensor,

@@ -9,7 +9,9 @@ Exact resume. A run restarted from its checkpoint continues exactly as an uninte
   multiple of `pretrain.checkpoint_every`, and a resume between two such steps replays the skipped batches;
 - the model's own sampling (latent-action `rsample`, straight-through categorical samples, consistency
   pairs) draws from a generator seeded by (seed, rank, step);
-- the checkpoint restores model, optimiser and every rank's global random states.
+- the checkpoint restores model, optimiser and every rank's global random states;
+- the learning rate is a pure function of the step (`learning_rate`); a cosine schedule resumes only with
+  the `pretrain.steps` it was started with (another length would jump to another curve: a ConfigError).
 
 A non-finite loss or gradient norm stops the run before the optimiser step (nothing is saved after it), so
 the last good checkpoint stays as it was.
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import resource
 import sys
@@ -202,6 +205,20 @@ def build(params: config.Params, dist: device.Dist) -> tuple[nn.Module, torch.op
     return model, torch.optim.Adam(model.parameters(), lr=params.pretrain.lr, eps=params.pretrain.eps)
 
 
+def learning_rate(cfg: config.Pretrain, step: int) -> float:
+    """The learning rate of update `step + 1`: `cfg.lr` throughout (`lr_schedule: constant`, the papers'), or
+    cosine-annealed towards 0 over `cfg.steps` updates (`cosine`: lr · (1 + cos(π · step / steps)) / 2;
+    Loshchilov & Hutter 2017, without restarts; not in the papers)."""
+    if cfg.lr_schedule == "cosine":
+        return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * step / cfg.steps))
+    return cfg.lr
+
+
+def _schedule(cfg: config.Pretrain) -> dict[str, Any]:
+    """What fixes the learning rate of every step, recorded in the checkpoint (constant: the rate alone)."""
+    return {"lr_schedule": cfg.lr_schedule, **({"steps": cfg.steps} if cfg.lr_schedule != "constant" else {})}
+
+
 def objective_of(model: nn.Module, params: config.Params, dist: device.Dist) -> nn.Module:
     """What a step calls: the model's loss as a module, DDP-wrapped under torchrun, compiled if configured."""
     objective: nn.Module = _Objective(model)
@@ -272,9 +289,15 @@ def _train(params, shards, out, dist, run_name, callback, variant) -> dict[str, 
                 f"{path}: was trained with a different model config; "
                 "use another --out or delete the checkpoint"
             )
+        started = ckpt["extra"].get("schedule", {"lr_schedule": "constant"})  # older checkpoints: constant
+        if started != _schedule(cfg):
+            raise config.ConfigError(
+                f"{path}: was trained with the learning-rate schedule {started}, not {_schedule(cfg)}; "
+                "resume with the same pretrain.lr_schedule (and pretrain.steps), or use another --out"
+            )
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        for group in optimizer.param_groups:  # the current params decide lr / eps, not the checkpoint
+        for group in optimizer.param_groups:  # the current params decide eps (and lr: each update sets it)
             group.update(lr=cfg.lr, eps=cfg.eps)
         if dist.rank < len(ckpt["rng"]):
             checkpoint.set_rng_state(ckpt["rng"][dist.rank])
@@ -332,8 +355,9 @@ def _train(params, shards, out, dist, run_name, callback, variant) -> dict[str, 
             if params.model.beta_a_warmup > 0:
                 weight = losses.warmup_weight(params.model.beta_a, step, params.model.beta_a_warmup)
                 beta_a = torch.tensor(weight, device=dev)
+            lr = learning_rate(cfg, step)
             for group in optimizer.param_groups:
-                group["lr"] = losses.learning_rate(cfg.lr, step, cfg.steps, cfg.lr_schedule)
+                group["lr"] = lr
             try:
                 update = train_step(
                     model, objective, optimizer, frames, generator, cfg, dist, log_now, beta_a, actions
@@ -354,7 +378,7 @@ def _train(params, shards, out, dist, run_name, callback, variant) -> dict[str, 
             if beta_a is not None:
                 values[f"{names.PRETRAIN_PREFIX}beta_a"] = beta_a  # the warm-up's weight this update
             if cfg.lr_schedule != "constant":
-                values[f"{names.PRETRAIN_PREFIX}lr"] = torch.tensor(optimizer.param_groups[0]["lr"])
+                values[f"{names.PRETRAIN_PREFIX}lr"] = torch.tensor(lr, dtype=torch.float64)
             for k, v in values.items():
                 sums[k] = sums.get(k, 0.0) + v.item()
             count += 1
@@ -386,7 +410,10 @@ def _train(params, shards, out, dist, run_name, callback, variant) -> dict[str, 
                         step=step,
                         model_config=model_config,
                         rng=rng,
-                        extra={"mlflow_run_id": mlflow_run.run_id, "metrics": last, "variant": variant},
+                        extra={
+                            "mlflow_run_id": mlflow_run.run_id, "metrics": last, "variant": variant,
+                            "schedule": _schedule(cfg),
+                        },
                     )
         bar.close()
         result = {"step": step, **last}

@@ -122,14 +122,6 @@ def test_free_nats_on_the_action_kl_stop_its_gradient_below_the_threshold():
     assert mean.grad.abs().sum() > 0
 
 
-def test_learning_rate_constant_or_cosine_annealed_to_zero():
-    assert [losses.learning_rate(6e-4, step, 2000, "constant") for step in (0, 1999)] == [6e-4, 6e-4]
-    cosine = [losses.learning_rate(6e-4, step, 2000, "cosine") for step in (0, 500, 1000, 1500, 2000)]
-    assert cosine == pytest.approx([6e-4, 6e-4 * (2 + 2**0.5) / 4, 3e-4, 6e-4 * (2 - 2**0.5) / 4, 0.0])
-    with pytest.raises(ValueError, match="cosine"):
-        losses.learning_rate(6e-4, 0, 2000, "linear")
-
-
 def test_warmup_weight_rises_linearly_then_holds():
     assert [losses.warmup_weight(2.0, step, 100) for step in (0, 25, 100, 500)] == [0.0, 0.5, 2.0, 2.0]
     assert losses.warmup_weight(2.0, 0, 0) == 2.0  # no warm-up: the paper's weight from the first update

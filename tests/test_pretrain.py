@@ -132,9 +132,27 @@ def test_beta_a_warmup_weighs_each_update_and_resumes_on_schedule(shards, tracki
     assert {m.step: m.value for m in history} == {1: 0.0, 2: 0.5, 3: 1.0, 4: 1.0}  # (the end logs it again)
 
 
-def test_cosine_learning_rate_steps_each_update_and_resumes_on_schedule(shards, tracking_uri, tmp_path):
+def test_learning_rate_constant_or_cosine_annealed_to_zero():
+    constant = config.Pretrain(lr=6e-4, steps=2000)
+    cosine = config.Pretrain(lr=6e-4, steps=2000, lr_schedule="cosine")
+    assert [pretrain.learning_rate(constant, step) for step in (0, 1999)] == [6e-4, 6e-4]
+    values = [pretrain.learning_rate(cosine, step) for step in (0, 500, 1000, 1500, 2000)]
+    assert values == pytest.approx([6e-4, 6e-4 * (2 + 2**0.5) / 4, 3e-4, 6e-4 * (2 - 2**0.5) / 4, 0.0])
+
+
+def test_cosine_learning_rate_steps_each_update_and_resumes_on_schedule(
+    shards, tracking_uri, tmp_path, monkeypatch
+):
     from mlflow.tracking import MlflowClient
 
+    used = []  # the rate each Adam step actually applies
+    adam_step = torch.optim.Adam.step
+
+    def recording_step(self, *args, **kwargs):
+        used.append(self.param_groups[0]["lr"])
+        return adam_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
     params = config.override(
         tiny_params(tracking_uri, log_every=1, lr=1e-3), {"pretrain.lr_schedule": "cosine"}
     )
@@ -148,15 +166,16 @@ def test_cosine_learning_rate_steps_each_update_and_resumes_on_schedule(shards, 
 
     with pytest.raises(Interrupted):
         pretrain.pretrain(params, shards, tmp_path, run_name="cos", callback=interrupt_after_update_3)
+    with pytest.raises(config.ConfigError, match=r"learning-rate schedule .*pretrain.steps"):
+        pretrain.pretrain(config.override(params, {"pretrain.steps": 8}), shards, tmp_path, run_name="cos")
     pretrain.pretrain(params, shards, tmp_path, run_name="cos")  # resumed at update 3 of 4
+    # update k of 4 steps Adam with lr · (1 + cos(π (k - 1) / 4)) / 2, the resumed half included
+    expected = [1e-3, 0.8536e-3, 0.5e-3, 0.1464e-3]
+    assert used == pytest.approx([*expected[:3], *expected[2:]], rel=1e-3)  # update 3 ran twice
     run_id = checkpoint.load(tmp_path / "checkpoint.pt")["extra"]["mlflow_run_id"]
     client = MlflowClient(tracking.resolve_tracking_uri(tracking_uri))
     logged = {m.step: m.value for m in client.get_metric_history(run_id, "train/lr")}
-    # update k of 4 steps Adam with lr · (1 + cos(π (k - 1) / 4)) / 2, the resumed half included
-    assert logged == pytest.approx({1: 1e-3, 2: 0.8536e-3, 3: 0.5e-3, 4: 0.1464e-3}, rel=1e-3)
-    assert checkpoint.load(tmp_path / "checkpoint.pt")["optimizer"]["param_groups"][0]["lr"] == pytest.approx(
-        0.1464e-3, rel=1e-3
-    )
+    assert logged == pytest.approx(dict(enumerate(expected, start=1)), rel=1e-3)
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(shards, tracking_uri, tmp_path):

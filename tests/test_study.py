@@ -259,6 +259,10 @@ def test_a_study_run_must_name_a_registered_variant_and_model_keys():
         config.resolve({"study": {"runs": {"x": {"pretrain": {"steps": 10}}}}})
     with pytest.raises(config.ConfigError, match=r"`loader` \['holdout_fraction'\]: the study sets these"):
         config.resolve({"study": {"runs": {"x": {"loader": {"holdout_fraction": 0.5}}}}})
+    with pytest.raises(config.ConfigError, match=r"lr_schedule"):  # a bad value fails at load, not mid-study
+        config.resolve({"study": {"runs": {"x": {"pretrain": {"lr_schedule": "cosin"}}}}})
+    with pytest.raises(config.ConfigError, match=r"batch_size"):
+        config.resolve({"study": {"runs": {"x": {"loader": {"batch_size": "large"}}}}})
 
 
 def test_a_study_run_sets_its_own_batch_and_learning_rate_and_only_its_own():
