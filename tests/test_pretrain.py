@@ -158,7 +158,7 @@ def test_cosine_learning_rate_steps_each_update_and_resumes_on_schedule(
     )
 
     class Interrupted(Exception):
-        pass
+        """Stands for a kill between two checkpoints."""
 
     def interrupt_after_update_3(step, frames, model):
         if step == 3:
