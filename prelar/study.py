@@ -308,11 +308,11 @@ def downstream_shards(params: config.Params) -> Path:
 
 def offline_transfer(params: config.Params, runs: list[str]) -> pd.DataFrame:
     """The offline transfer (`prelar.evaluate.transfer`, `transfer_params`) of the checkpoint of every run of
-    `runs` x `study.seeds` that completed its `study.steps` (an unfinished one is skipped and said), and of
-    DreamerV2 from scratch (`SCRATCH`) for each of their seeds. The transfer's seed is the run's: a run and
-    scratch of one seed are scored on the same held-out episodes and fine-tuned on the same batches. Rows:
-    run, seed, updates (K), mse and psnr on the held-out windows, train_mse on the fine-tuning episodes'
-    windows, copy_last_mse (the yardstick on the held-out windows). MLflow: a run per transfer in
+    `runs` x `study.seeds` that completed its `study.steps` (an unfinished or missing one is skipped and
+    said), and of DreamerV2 from scratch (`SCRATCH`) for each of their seeds. The transfer's seed is the
+    run's: a run and scratch of one seed are scored on the same held-out episodes and fine-tuned on the same
+    batches. Rows: run, seed, updates (K), mse and psnr on the held-out windows, train_mse on the fine-tuning
+    episodes' windows, copy_last_mse (the yardstick on the held-out windows). MLflow: a run per transfer in
     `study.experiment`, named `study/<run>/seed<seed>/transfer`.
 
     Each result is kept in `<run folder>/transfer/<digest of its settings>.json` (scratch's run folder:
@@ -344,13 +344,19 @@ def offline_transfer(params: config.Params, runs: list[str]) -> pd.DataFrame:
         found = []
         for name in runs:
             path = run_folder(params, name, seed) / "checkpoint.pt"
-            if path.exists() and (step := checkpoints.load(path)["step"]) < study.steps:
+            if not path.exists():
+                print(
+                    f"study: no offline transfer of {name} seed {seed}: no checkpoint at {path} "
+                    f"(run `prelar study --runs {name}` to pre-train it)",
+                    flush=True,
+                )
+            elif (step := checkpoints.load(path)["step"]) < study.steps:
                 print(
                     f"study: no offline transfer of {name} seed {seed}: its checkpoint is at update {step} "
                     f"of {study.steps} (run `prelar study` to finish it)",
                     flush=True,
                 )
-            elif path.exists():
+            else:
                 found.append((name, seed, path))
         jobs += found + [(SCRATCH, seed, None)] * bool(found)
     common = {

@@ -221,6 +221,16 @@ def test_study_trains_each_run_and_seed_then_writes_curves_and_summary(tmp_path,
     assert "no offline transfer of prelar seed 0: its checkpoint is at update 2 of 3" in said
     assert "## Offline transfer" not in (docs / "summary.md").read_text()
     assert not (docs / "transfer.csv").exists() and not (docs / "transfer.png").exists()  # none left stale
+    checkpoint = tmp_path / "runs/study/prelar/seed0/checkpoint.pt"
+    checkpoint.rename(checkpoint.with_suffix(".moved"))  # a run whose curves came without its checkpoint
+    assert cli.main(["study", "--summary-only", "--shards", "shards", *common]) == 0
+    said = capsys.readouterr().out
+    missing = "no offline transfer of prelar seed 0: no checkpoint at runs/study/prelar/seed0/checkpoint.pt"
+    assert missing in said
+    rows = pd.read_csv(docs / "transfer.csv")
+    assert sorted(set(zip(rows["run"], rows["seed"], strict=True))) == [
+        ("apv", 0), ("apv", 1), ("prelar", 1), ("scratch", 0), ("scratch", 1)
+    ]  # fmt: skip
 
 
 def test_the_study_renders_its_own_shards_and_says_how_when_they_are_missing(tmp_path, monkeypatch, capsys):
