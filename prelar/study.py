@@ -345,19 +345,13 @@ def offline_transfer(params: config.Params, runs: list[str]) -> pd.DataFrame:
         for name in runs:
             path = run_folder(params, name, seed) / "checkpoint.pt"
             if not path.exists():
-                print(
-                    f"study: no offline transfer of {name} seed {seed}: no checkpoint at {path} "
-                    f"(run `prelar study --runs {name}` to pre-train it)",
-                    flush=True,
-                )
+                why = f"no checkpoint at {path} (run `prelar study --runs {name}` to pre-train it)"
             elif (step := checkpoints.load(path)["step"]) < study.steps:
-                print(
-                    f"study: no offline transfer of {name} seed {seed}: its checkpoint is at update {step} "
-                    f"of {study.steps} (run `prelar study` to finish it)",
-                    flush=True,
-                )
+                why = f"its checkpoint is at update {step} of {study.steps} (run `prelar study` to finish it)"
             else:
                 found.append((name, seed, path))
+                continue
+            print(f"study: no offline transfer of {name} seed {seed}: {why}", flush=True)
         jobs += found + [(SCRATCH, seed, None)] * bool(found)
     common = {
         **_downstream(tparams),
