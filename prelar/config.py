@@ -58,6 +58,7 @@ class MetaworldSource(_Section):
     tasks: list[str] | Literal["all"] = "all"  # "all": every MT1 task except `exclude`
     exclude: list[str] = list(DOWNSTREAM_TASKS)
     episodes_per_task: int = 2
+    first_episode: NonNegativeInt = 0  # the first episode's number: a later folder can add episodes
     max_steps: int = 100  # frames per episode = max_steps + 1
     action_repeat: PositiveInt = 1  # simulator steps per frame (the expert's action is held for them)
     cameras: list[str] = ["corner"]

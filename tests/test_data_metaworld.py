@@ -93,6 +93,19 @@ def test_clips_are_byte_identical_whatever_was_rendered_before():
     assert episode_seed(0, "drawer-close-v3", 0) == 2415351070  # pinned: a change would change every dataset
 
 
+def test_a_later_folder_adds_new_episodes_identical_to_rendering_them_all_at_once():
+    more = TINY.model_copy(update={"tasks": ["drawer-close-v3"], "first_episode": 2, "episodes_per_task": 2})
+    refs = list_clips(more)[0]
+    assert [ref.id[-6:] for ref in refs] == ["ep0002", "ep0003"]
+    at_once = TINY.model_copy(update={"tasks": ["drawer-close-v3"], "episodes_per_task": 4})
+    later, together = load_clip(refs[1], more), load_clip(list_clips(at_once)[0][3], at_once)
+    assert later.meta == together.meta and later.meta["episode"] == 3
+    np.testing.assert_array_equal(later.frames, together.frames)
+    np.testing.assert_array_equal(later.actions, together.actions)
+    with pytest.raises(ValueError, match="first_episode"):
+        MetaworldSource(first_episode=-1)
+
+
 def test_clips_render_identically_in_spawned_worker_processes():
     refs = list_clips(TINY)[0][:2]
     with multiprocessing.get_context("spawn").Pool(2) as pool:

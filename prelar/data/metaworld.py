@@ -65,6 +65,8 @@ def clip_id(task: str, camera: str, episode: int) -> str:
 
 def list_clips(cfg: MetaworldSource) -> tuple[list[ClipRef], list[tuple[str, str]]]:
     """One ClipRef per (task, camera, episode), sorted by task, then episode, then camera; no rejects.
+    Episodes are numbered from `cfg.first_episode`, so a second folder rendered with `first_episode` set to
+    the first one's `episodes_per_task` adds new episodes (new ids) without rendering the first ones again.
 
     Nothing is rendered here; unknown or excluded tasks and unknown cameras raise ConfigError.
     """
@@ -76,7 +78,7 @@ def list_clips(cfg: MetaworldSource) -> tuple[list[ClipRef], list[tuple[str, str
             raise ConfigError(str(err)) from None
     refs = []
     for task in tasks:
-        for episode in range(cfg.episodes_per_task):
+        for episode in range(cfg.first_episode, cfg.first_episode + cfg.episodes_per_task):
             for camera in cfg.cameras:
                 cid = clip_id(task, camera, episode)
                 refs.append(ClipRef(SOURCE, cid, cid, {"task": task, "camera": camera, "episode": episode}))
