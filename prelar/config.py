@@ -326,6 +326,9 @@ class Evaluate(_Section):
     # the probe's fit side: its own clips' fit episodes ("held_out"), or those and every clip of the
     # pre-training split ("pretraining": their actions are stored, never trained on; same test episodes)
     probe_fit: Literal["held_out", "pretraining"] = "held_out"
+    # what the probe reads out: the true action a_t ("action", the papers' sense), or the end effector's
+    # motion between the two frames, hand_{t+1} − hand_t ("hand_motion": xyz, gripper opening; `Clip.hand`)
+    probe_target: Literal["action", "hand_motion"] = "action"
     controllability_windows: PositiveInt = 24  # held-out windows of context + horizon frames (several a clip)
     transfer_tasks: list[str] = ["drawer-open-v3"]  # downstream tasks: never in data.metaworld.tasks
     transfer_episodes: PositiveInt = 8  # per task, noisy scripted expert, true actions and rewards

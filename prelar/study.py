@@ -32,8 +32,10 @@ import pandas as pd
 from prelar import config
 from prelar import metrics as names
 from prelar.evaluate.probe import (
+    HAND_MOTION,
     PIXELS,
     SUPERVISED,
+    hand_motion_probe,
     pixel_difference_probe,
     probe_clips,
     probe_fit_clips,
@@ -52,7 +54,6 @@ from prelar.over_seeds import (
 PROBE_TARGET = 0.5  # "informative": the probe explains half of the true action's variance
 REFERENCE = "prelar"  # the run every other run is compared with, seed by seed
 SCRATCH = "scratch"  # the offline transfer's run without pre-training: DreamerV2 from a fresh initialisation
-YARDSTICKS = (PIXELS, SUPERVISED)  # the probe's yardsticks from the data (`probe_yardsticks`)
 COMPARED = ("pred_mse_ratio", "delta_psnr", "probe_r2", "kl_action")  # final measurements compared
 # the columns of offline_transfer's rows
 TRANSFER_COLUMNS = ["run", "seed", "updates", "mse", "psnr", "train_mse", "copy_last_mse"]
@@ -138,6 +139,7 @@ def run(params: config.Params, args: argparse.Namespace) -> int:
     written = write_summary(
         points, Path(study.docs), yardsticks, true_actions, offline_transfer(params, names_),
         params.evaluate.probe_fit,
+        params.evaluate.probe_target,
     )
     print(f"study: {', '.join(str(p) for p in written)}")
     return 0
@@ -146,9 +148,12 @@ def run(params: config.Params, args: argparse.Namespace) -> int:
 def probe_yardsticks(params: config.Params, shards: list[str], points: pd.DataFrame) -> dict[str, float]:
     """The probe's yardsticks on the study's probe clips and splits, mean R² over `evaluate.seeds`: the
     ridge probe on one-step pixel differences (`PIXELS`, no model) and on an inverse dynamics encoder fit
-    to the true actions of the pre-training clips (`SUPERVISED`, the ceiling; `study.supervised_*`), the ridge
-    fit as `evaluate.probe_fit` says. A ConfigError when the runs' curve `points` fit their probes otherwise
-    (their `probe_fit_clips`; none in curves from before it was recorded: `held_out`)."""
+    to the probe's target (`evaluate.probe_target`) of the pre-training clips (`SUPERVISED`, the ceiling;
+    `study.supervised_*`), the ridge fit as `evaluate.probe_fit` says; with the action as target and clips
+    that store the end effector, also on the true hand motion (`HAND_MOTION`, from the simulator). A
+    ConfigError when the runs' curve `points` fit their probes otherwise (their `probe_fit_clips`; none in
+    curves from before it was recorded: `held_out`) or read another target (before it was recorded: `action`).
+    """
     from prelar.data.shards import iter_clips
     from prelar.device import resolve_device
 
@@ -164,12 +169,23 @@ def probe_yardsticks(params: config.Params, shards: list[str], points: pd.DataFr
             "the runs were trained with (curves that mix two fits, from a run resumed with another one, "
             "need that run trained again)"
         )
+    targets = set(probed.get("probe_target", pd.Series("action", index=probed.index)).fillna("action"))
+    if targets - {cfg.probe_target}:
+        raise config.ConfigError(
+            f"the runs' probes read {sorted(targets)}, the yardsticks would read {cfg.probe_target!r}: "
+            "summarise with the evaluate.probe_target the runs were trained with"
+        )
     train = list(iter_clips(shards, split="train", holdout_fraction=params.loader.holdout_fraction))
     rows = pixel_difference_probe(clips, cfg, fit_clips) + supervised_probe(
         train, clips, cfg, params.model, study.supervised_updates, study.supervised_batch_size,
         study.supervised_lr, resolve_device(cfg.device), fit_clips,
     )
-    return {method: float(np.mean([r["r2"] for r in rows if r["method"] == method])) for method in YARDSTICKS}
+    if cfg.probe_target == "action" and all(c.hand is not None for c in clips + fit_clips):
+        rows += hand_motion_probe(clips, cfg, fit_clips)
+    elif cfg.probe_target == "action":
+        print("study: no true-hand-motion yardstick (shards from before hand.npy was stored)", flush=True)
+    methods = dict.fromkeys(r["method"] for r in rows)
+    return {method: float(np.mean([r["r2"] for r in rows if r["method"] == method])) for method in methods}
 
 
 def true_action_model(params: config.Params, shards: list[str]) -> dict[str, Any] | None:
@@ -604,11 +620,13 @@ def write_summary(
     true_actions: dict[str, Any] | None,
     transfer: pd.DataFrame,
     probe_fit: str = "held_out",
+    probe_target: str = "action",
 ) -> list[Path]:
-    """The study's figure and tables in `docs`, with the probe's yardsticks from the data (`YARDSTICKS` →
-    R², `probe_yardsticks`: same clips and splits), the true-action world model (`true_action_model`; none
+    """The study's figure and tables in `docs`, with the probe's yardsticks from the data (method → R²,
+    `probe_yardsticks`: same clips and splits), the true-action world model (`true_action_model`; none
     written when None) and the offline transfer (`offline_transfer`'s rows; none written when empty), saying
-    how the probe's ridge was fit (`probe_fit`: `evaluate.probe_fit`); returns their paths."""
+    how the probe's ridge was fit (`probe_fit`: `evaluate.probe_fit`) and what it reads (`probe_target`:
+    `evaluate.probe_target`); returns their paths."""
     from prelar.evaluate import plots
 
     docs.mkdir(parents=True, exist_ok=True)
@@ -641,11 +659,22 @@ def write_summary(
             " (the ridge fit also on the pre-training clips, `evaluate.probe_fit: pretraining`)"
             if probe_fit == "pretraining" else ""
         )
+        + (
+            " (the probe reads the end effector's motion: `evaluate.probe_target: hand_motion`)"
+            if probe_target == "hand_motion" else ""
+        )
         + ": an untrained encoder "
         "(`probe_r2_untrained`); the same ridge probe on one-step pixel differences pooled to 16x16 "
-        f"(no model): R² {yardsticks[PIXELS]:.3f}; and on the same inverse dynamics encoder trained with the "
-        "true actions of the pre-training clips (the ceiling, not in the papers): "
-        f"R² {yardsticks[SUPERVISED]:.3f}.\n\n"
+        f"(no model): R² {yardsticks[PIXELS]:.3f}; on the same inverse dynamics encoder trained with the "
+        f"true {'hand motion' if probe_target == 'hand_motion' else 'actions'} of the pre-training clips "
+        "(the ceiling, not in the papers): "
+        f"R² {yardsticks[SUPERVISED]:.3f}"
+        + (
+            f"; and on the end effector's true motion between the two frames (from the simulator, no model): "
+            f"R² {yardsticks[HAND_MOTION]:.3f}"
+            if HAND_MOTION in yardsticks else ""
+        )
+        + ".\n\n"
         + _true_action_text(true_actions)
         + markdown(table)
         + (

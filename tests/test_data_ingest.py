@@ -279,3 +279,23 @@ def test_cli_ingests_real_rlbench_pngs_and_ssv2_webms(tmp_path, capsys):
     assert manifest["id"].tolist() == ["7", "101"]
     assert manifest["label"].tolist() == ["Pushing cup from left to right"] * 2
     assert [read_indices(c.frames) for c in iter_clips(out)] == [list(range(28)), list(range(30))]
+
+
+def test_arrays_of_the_wrong_length_reject_the_clip_by_name():
+    from prelar.data.ingest import validate
+
+    frames = np.zeros((5, 8, 8, 3), np.uint8)
+    validate(Clip(frames=frames, actions=np.zeros((4, 4)), hand=np.zeros((5, 4))), "a/clip", min_frames=2)
+    with pytest.raises(ClipRejected, match="a/clip: bad hand: 4 states for 5 frames, expected T"):
+        validate(Clip(frames=frames, hand=np.zeros((4, 4))), "a/clip", min_frames=2)
+    with pytest.raises(ClipRejected, match="bad actions: 5 steps for 5 frames, expected T-1"):
+        validate(Clip(frames=frames, actions=np.zeros((5, 4))), "a/clip", min_frames=2)
+
+
+def test_a_partial_run_of_a_version_that_stored_other_fields_is_not_resumed(root, monkeypatch):
+    from prelar.data import ingest as module
+
+    refs = list_clips(SynthSource(root=str(root)))[0]
+    now = module._fingerprint(refs, SynthSource(root=str(root)), SHARDS)
+    monkeypatch.setattr(module, "ARRAY_FIELDS", ("frames", "actions", "rewards", "success"))  # before `hand`
+    assert module._fingerprint(refs, SynthSource(root=str(root)), SHARDS) != now

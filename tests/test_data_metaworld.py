@@ -45,6 +45,7 @@ def test_clip_shapes_and_actions_lead_from_frame_t_to_t_plus_1():
     assert np.abs(clip.actions).max() <= 1.0
     assert clip.rewards.shape == (12,) and clip.rewards.dtype == np.float32
     assert clip.success.shape == (12,) and clip.success.dtype == bool
+    assert clip.hand.shape == (13, 4) and clip.hand.dtype == np.float32  # one end-effector state a frame
     seed = episode_seed(TINY.seed, "drawer-close-v3", 0)
     assert clip.meta == {
         "source": "metaworld",
@@ -56,9 +57,26 @@ def test_clip_shapes_and_actions_lead_from_frame_t_to_t_plus_1():
     }
     # Replaying the recorded actions in a fresh env reproduces every frame: actions[t] led to frame t+1.
     env = make_env("drawer-close-v3", seed=123, max_steps=12)
-    replay = [env.reset(seed=seed)[0]] + [env.step(action)[0] for action in clip.actions]
+    replay = [env.reset(seed=seed)] + [env.step(action) for action in clip.actions]
     env.close()
-    np.testing.assert_array_equal(np.stack(replay), clip.frames)
+    np.testing.assert_array_equal(np.stack([step[0] for step in replay]), clip.frames)
+    hand = np.stack([step[-1]["state"][:4] for step in replay]).astype(np.float32)  # end effector per frame
+    np.testing.assert_array_equal(hand, clip.hand)
+
+
+def test_the_hand_moves_with_the_action_it_was_given_but_not_exactly_as_commanded():
+    """hand[t + 1] − hand[t] is the motion actions[t] caused (the arm's xyz follows its xyz command), and
+    the expert's noisy, clipped command is not all visible in it (`evaluate.probe_target: hand_motion`)."""
+    cfg = MetaworldSource(tasks=["reach-v3", "button-press-v3"], exclude=[], episodes_per_task=2,
+                          max_steps=40, action_repeat=4)
+    clips = [load_clip(ref, cfg) for ref in list_clips(cfg)[0]]
+    actions = np.concatenate([c.actions for c in clips])[:, :3]  # [N, 3] xyz commands
+    motion = np.concatenate([np.diff(c.hand, axis=0) for c in clips])[:, :3]  # [N, 3] xyz displacements
+    same = [np.corrcoef(actions[:, k], motion[:, k])[0, 1] for k in range(3)]
+    later = [np.corrcoef(actions[1:, k], motion[:-1, k])[0, 1] for k in range(3)]  # the next action instead
+    assert min(same) > 0.3, same
+    assert np.mean(same) > np.mean(later) + 0.1, (same, later)  # aligned: no motion before its command
+    assert max(same) < 0.95, same  # a command, not the displacement itself
 
 
 def test_action_repeat_holds_the_experts_action_between_frames():

@@ -146,3 +146,12 @@ def test_holdout_split_is_stable_and_partitions(tmp_path):
     assert all(in_holdout(i, 0.25) for i in holdout)
     with pytest.raises(ValueError, match="holdout_fraction"):
         list(iter_clips(tmp_path, split="train"))
+
+
+def test_the_end_effector_states_travel_with_the_clip(tmp_path):
+    clip = make_clip(0)
+    clip.hand = np.random.default_rng(0).normal(size=(len(clip.frames), 4)).astype(np.float32)
+    write_shards([clip, make_clip(1)], tmp_path, clips_per_shard=8)
+    back = list(iter_clips(tmp_path))
+    np.testing.assert_array_equal(back[0].hand, clip.hand)
+    assert back[0].hand.dtype == np.float32 and back[1].hand is None  # optional, as the actions

@@ -153,7 +153,7 @@ def test_supervised_ceiling_learns_the_action_that_an_untrained_encoder_does_not
     assert [(r["method"], r["seed"]) for r in rows] == [(probe.SUPERVISED, 0)]
     untrained = probe.latent_action_probe({}, held_out, cfg, TINY, cpu)[0]
     assert rows[0]["r2"] > 0.3 and rows[0]["r2"] > untrained["r2"] + 0.3, (rows[0], untrained)
-    with pytest.raises(ValueError, match="clips with actions"):
+    with pytest.raises(ValueError, match="clips with the action"):
         probe.fit_inverse_dynamics([c.__class__(frames=c.frames, actions=None, meta=c.meta) for c in train],
                                    TINY, updates=1, batch_size=2, lr=1e-3, seed=0, dev=cpu)
 
@@ -205,3 +205,68 @@ def test_pretraining_fit_takes_the_pretraining_clips_and_never_a_scored_episode(
         assert w["fit_episodes"] == n["fit_episodes"] + added
         assert (w["test_episodes"], w["test_frames"]) == (n["test_episodes"], n["test_frames"])
         assert w["r2"] != n["r2"]
+
+
+def _walled_panning_clips(episodes: int, frames: int) -> list:
+    """`_panning_clips` with walls: the camera (the "hand", `Clip.hand`) stops 1 step from its start, so a
+    command beyond a wall shows no motion, as an arm's command does not against a table or an object."""
+    from prelar.data.clip import Clip
+
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[0:64, 0:64].astype(np.float32)
+    clips = []
+    for episode in range(episodes):
+        actions = rng.uniform(-1, 1, (frames - 1, 2)).astype(np.float32)
+        pos = [np.zeros(2, np.float32)]
+        for action in actions:
+            pos.append(np.clip(pos[-1] + action, -1, 1))
+        hand = np.stack(pos)  # [T, 2]
+        video = np.stack([np.stack([xx + 40 + 2 * x, yy + 40 + 2 * y, xx * 0 + 9], -1) for x, y in hand])
+        meta = {"source": "pan", "id": f"pan/{episode}", "task": "pan", "episode": episode, "camera": "c"}
+        pixels = np.clip(video, 0, 255).astype(np.uint8)
+        clips.append(Clip(frames=pixels, actions=actions, hand=hand, meta=meta))
+    return clips
+
+
+def test_hand_motion_target_reads_what_the_frames_show_and_the_command_less():
+    clips = _walled_panning_clips(episodes=12, frames=16)
+    cfg = config.Evaluate(seeds=[0, 1], precision="fp32")
+    motion_cfg = cfg.model_copy(update={"probe_target": "hand_motion"})
+    np.testing.assert_array_equal(probe.probe_target(clips[0], "hand_motion"), np.diff(clips[0].hand, axis=0))
+    on_motion = np.mean([r["r2"] for r in probe.pixel_difference_probe(clips, motion_cfg)])
+    on_action = np.mean([r["r2"] for r in probe.pixel_difference_probe(clips, cfg)])
+    assert on_motion > 0.8 and on_motion > on_action + 0.1, (on_motion, on_action)
+    # the simulator's yardstick: the true motion reads the command only as far as the walls let it show
+    rows = probe.hand_motion_probe(clips, cfg)
+    assert [(r["method"], r["seed"]) for r in rows] == [(probe.HAND_MOTION, 0), (probe.HAND_MOTION, 1)]
+    told = np.mean([r["r2"] for r in rows])
+    assert 0.3 < told < 0.95 and abs(told - on_action) < 0.15, (told, on_action)
+    with pytest.raises(ValueError, match="a yardstick of the action"):
+        probe.hand_motion_probe(clips, motion_cfg)
+
+
+def test_clips_without_the_end_effector_name_the_fix_when_the_probe_reads_its_motion():
+    clips = point_mass_clips(episodes=4, frames=6, cameras=1)  # actions, no hand states
+    cfg = config.Evaluate(seeds=[0], precision="fp32", probe_target="hand_motion")
+    with pytest.raises(ValueError, match=r"probe_target=hand_motion: 4 clip\(s\) lack it.*ingest them again"):
+        probe.latent_action_probe({}, clips, cfg, TINY, torch.device("cpu"))
+    with pytest.raises(ValueError, match="ingest them again"):
+        probe.hand_motion_probe(clips, config.Evaluate(seeds=[0]))
+
+
+def test_supervised_ceiling_is_trained_on_the_probes_target():
+    clips = point_mass_clips(episodes=8, frames=16, cameras=1, with_hand=True)  # motion: 3 px per unit action
+    cpu = torch.device("cpu")
+
+    def error(net, target):  # mean squared error of the network's output against `target`
+        got = np.concatenate(probe.inverse_dynamics_features(net, clips))
+        return float(np.mean((got - np.concatenate([probe.probe_target(c, target) for c in clips])) ** 2))
+
+    nets = {t: probe.fit_inverse_dynamics(clips, TINY, updates=300, batch_size=16, lr=3e-3, seed=0, dev=cpu,
+                                          target=t) for t in ("action", "hand_motion")}
+    assert error(nets["hand_motion"], "hand_motion") < error(nets["action"], "hand_motion") / 3
+    assert error(nets["action"], "action") < error(nets["hand_motion"], "action") / 3
+    still = [c.__class__(frames=c.frames, actions=c.actions, meta=c.meta) for c in clips]
+    with pytest.raises(ValueError, match="clips with the hand_motion"):
+        probe.fit_inverse_dynamics(still, TINY, updates=1, batch_size=2, lr=1e-3, seed=0, dev=cpu,
+                                   target="hand_motion")

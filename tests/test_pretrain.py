@@ -20,11 +20,14 @@ from prelar.world_model import WorldModel
 REPO = Path(__file__).resolve().parents[1]
 
 
-def point_mass_clips(episodes: int, frames: int = 30, cameras: int = 2, seed: int = 0) -> list[Clip]:
+def point_mass_clips(
+    episodes: int, frames: int = 30, cameras: int = 2, seed: int = 0, with_hand: bool = False
+) -> list[Clip]:
     """Episodes of a 10x10 square on a textured 64x64 background, moved 3 px per unit of its 2-d action.
 
     The second camera is the mirror image of the first: the same actions, another view (one episode,
     several clips, as in Meta-world). Pixel (0, 0) spells (episode, camera, 0): the clip of any segment.
+    `with_hand`: the square's position per frame is stored as the clip's end effector (`Clip.hand`).
     """
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:64, 0:64]
@@ -33,8 +36,9 @@ def point_mass_clips(episodes: int, frames: int = 30, cameras: int = 2, seed: in
     for episode in range(episodes):
         actions = np.clip(np.cumsum(rng.normal(0, 0.5, (frames - 1, 2)), 0) * 0.3, -1, 1).astype(np.float32)
         pos = rng.uniform(10, 44, 2)
-        video = []
+        video, hand = [], []
         for t in range(frames):
+            hand.append(pos.astype(np.float32))
             frame = background.copy()
             x, y = np.round(pos).astype(int)
             frame[y : y + 10, x : x + 10] = (255, 40, 40)
@@ -52,14 +56,15 @@ def point_mass_clips(episodes: int, frames: int = 30, cameras: int = 2, seed: in
                 "episode": episode,
                 "camera": f"cam{camera}",
             }
-            clips.append(Clip(frames=np.ascontiguousarray(view), actions=actions, meta=meta))
+            clips.append(Clip(frames=np.ascontiguousarray(view), actions=actions, meta=meta,
+                              hand=np.stack(hand) if with_hand else None))
     return clips
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("shards")
-    write_shards(point_mass_clips(episodes=6), out, clips_per_shard=2)
+    write_shards(point_mass_clips(episodes=6, with_hand=True), out, clips_per_shard=2)
     return out
 
 
@@ -354,6 +359,9 @@ def test_learning_curves_measure_held_out_data_from_the_start_and_end_on_the_fin
     fewer = config.override(fewer, {"evaluate.probe_clips": 6})
     with pytest.raises(config.ConfigError, match=r"curves.csv: its probe was measured on .*probe_clips=6"):
         pretrain.pretrain(fewer, shards, tmp_path)
+    other = config.override(longer, {"pretrain.steps": 8, "evaluate.probe_target": "hand_motion"})
+    with pytest.raises(config.ConfigError, match=r"'probe_target': 'action'.*probe_target=hand_motion"):
+        pretrain.pretrain(other, shards, tmp_path)  # nor one of another target
     assert checkpoint.load(tmp_path / "checkpoint.pt")["step"] == 6
     assert [int(r["step"]) for r in curves.read(tmp_path / curves.CSV)] == [0, 2, 4, 6]
 

@@ -311,5 +311,8 @@ def test_the_yardsticks_fit_their_probe_as_the_runs_did_or_refuse(tmp_path):
     yardsticks = study.probe_yardsticks(params, [str(tmp_path)], wide)
     held_out = config.override(params, {"evaluate.probe_fit": "held_out"})
     default = study.probe_yardsticks(held_out, [str(tmp_path)], old)
-    assert set(yardsticks) == set(default) == set(study.YARDSTICKS)
+    assert set(yardsticks) == set(default) == {probe.PIXELS, probe.SUPERVISED}  # no hand states here
     assert yardsticks[study.PIXELS] != default[study.PIXELS]  # fit on more clips
+    motion = config.override(held_out, {"evaluate.probe_target": "hand_motion"})
+    with pytest.raises(config.ConfigError, match=r"read \['action'\], the yardsticks would read 'hand_m"):
+        study.probe_yardsticks(motion, [str(tmp_path)], old)  # curves from before the target: the action

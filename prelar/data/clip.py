@@ -16,6 +16,8 @@ class Clip:
     actions: float32 [T-1, A] or None; actions[t] is the action taken at frame t that led to frame t+1
     rewards: float32 [T-1] or None (reward received for actions[t])
     success: bool [T-1] or None (info["success"] after actions[t])
+    hand:    float32 [T, 4] or None; the end effector at each frame, from the simulator's state: its xyz
+             position (metres) and the gripper's opening (Meta-world's state[0:4]); what an action moves
     meta:    at least `source` and `id`; per source: task, variation, episode, camera, label, ...
     """
 
@@ -23,6 +25,7 @@ class Clip:
     actions: np.ndarray | None = None
     rewards: np.ndarray | None = None
     success: np.ndarray | None = None
+    hand: np.ndarray | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
 

@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 from prelar.data.clip import Clip, ClipRef, ClipRejected
 from prelar.data.contact_sheet import contact_sheet
-from prelar.data.shards import ShardWriter, frames_sha256, meta_json, read_shard, sample_key
+from prelar.data.shards import ARRAY_FIELDS, ShardWriter, frames_sha256, meta_json, read_shard, sample_key
 from prelar.data.video import resize_frames
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,8 @@ class IngestSummary:
 
 
 def validate(clip: Clip, path: str, min_frames: int) -> None:
-    """Raise ClipRejected unless the frames are uint8 RGB [T, H, W, 3], T >= min_frames, arrays T-1 long."""
+    """Raise ClipRejected unless the frames are uint8 RGB [T, H, W, 3], T >= min_frames, arrays T-1 long
+    (`hand` T long)."""
     frames = clip.frames
     if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8:
         kind = getattr(frames, "dtype", type(frames).__name__)
@@ -124,6 +125,8 @@ def validate(clip: Clip, path: str, min_frames: int) -> None:
         array = getattr(clip, name)
         if array is not None and len(array) != len(frames) - 1:
             raise ClipRejected(path, f"bad {name}: {len(array)} steps for {len(frames)} frames, expected T-1")
+    if clip.hand is not None and len(clip.hand) != len(frames):
+        raise ClipRejected(path, f"bad hand: {len(clip.hand)} states for {len(frames)} frames, expected T")
 
 
 def transcode(ref: ClipRef, source, source_cfg, shards_cfg) -> Clip:
@@ -135,7 +138,8 @@ def transcode(ref: ClipRef, source, source_cfg, shards_cfg) -> Clip:
     frames = resize_frames(clip.frames, shards_cfg.size, policy)  # [T, size, size, 3]
     meta = {**ref.meta, **clip.meta, "source": ref.source, "id": ref.id}
     meta.update(orig_height=height, orig_width=width)
-    return Clip(frames=frames, actions=clip.actions, rewards=clip.rewards, success=clip.success, meta=meta)
+    arrays = {"actions": clip.actions, "rewards": clip.rewards, "success": clip.success, "hand": clip.hand}
+    return Clip(frames=frames, **arrays, meta=meta)
 
 
 _WORKER: dict[str, Any] = {}
@@ -193,8 +197,10 @@ def _dedupe(refs: list[ClipRef]) -> tuple[list[ClipRef], list[tuple[str, str]]]:
 
 
 def _fingerprint(refs: list[ClipRef], source_cfg, shards_cfg) -> str:
-    """Identifies what the output will contain: the listed clips and every parameter that changes bytes."""
+    """Identifies what the output will contain: the listed clips, every parameter that changes bytes, and the
+    fields a clip is stored with (a partial run from a version that stored fewer is not resumed)."""
     spec = {
+        "fields": ARRAY_FIELDS,
         "refs": [[r.source, r.id, r.path] for r in refs],
         "source_cfg": source_cfg.model_dump(mode="json"),
         "shards": shards_cfg.model_dump(mode="json", exclude={"workers"}),

@@ -118,7 +118,8 @@ def load_clip(ref: ClipRef, cfg: MetaworldSource) -> Clip:
     one frame step shows action_repeat steps of motion, and actions[t] is the action held from t to t+1.
 
     frames uint8 [T, 64, 64, 3]; actions float32 [T-1, 4] (actions[t] taken at frame t, led to frame t+1);
-    rewards float32 [T-1]; success bool [T-1]; meta: source, id, task, camera, episode, seed (the episode's).
+    rewards float32 [T-1]; success bool [T-1]; hand float32 [T, 4] (the end effector's xyz and the gripper's
+    opening at each frame: state[0:4]); meta: source, id, task, camera, episode, seed (the episode's).
     """
     task, camera, episode = ref.meta["task"], ref.meta["camera"], ref.meta["episode"]
     seed = episode_seed(cfg.seed, task, episode)
@@ -126,7 +127,7 @@ def load_clip(ref: ClipRef, cfg: MetaworldSource) -> Clip:
     policy = expert_policy(task)
     noise = np.random.default_rng(seed)
     frame, info = env.reset(seed=seed)
-    frames, actions, rewards, success = [frame], [], [], []
+    frames, actions, rewards, success, hand = [frame], [], [], [], [info["state"][:4]]
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Constant\\(s\\) may be too high")  # the experts' gains
         for _ in range(cfg.max_steps):
@@ -137,11 +138,13 @@ def load_clip(ref: ClipRef, cfg: MetaworldSource) -> Clip:
             actions.append(action)
             rewards.append(reward)
             success.append(info["success"])
+            hand.append(info["state"][:4])
     meta = {"source": SOURCE, "id": ref.id, "task": task, "camera": camera, "episode": episode, "seed": seed}
     return Clip(
         frames=np.stack(frames),  # [T, 64, 64, 3]
         actions=np.stack(actions),  # [T-1, 4]
         rewards=np.asarray(rewards, dtype=np.float32),  # [T-1]
         success=np.asarray(success, dtype=bool),  # [T-1]
+        hand=np.asarray(hand, dtype=np.float32),  # [T, 4]
         meta=meta,
     )

@@ -6,6 +6,7 @@ One tar sample is one clip. Its members, named `<key>.<field>`:
     actions.npy  float32 [T-1, A]   (optional)
     rewards.npy  float32 [T-1]      (optional)
     success.npy  bool [T-1]         (optional)
+    hand.npy     float32 [T, 4]     (optional: the end effector per frame, `Clip.hand`)
     meta.json    the clip's meta (at least `source` and `id`)
 
 The writer fixes everything a tar records besides the data (mtime 0, uid/gid 0, owner names, mode, member
@@ -36,7 +37,7 @@ from prelar.data.clip import Clip
 
 SHARD_PATTERN = "shard-{:06d}.tar"
 SHARD_GLOB = "shard-[0-9][0-9][0-9][0-9][0-9][0-9].tar"
-ARRAY_FIELDS = ("frames", "actions", "rewards", "success")
+ARRAY_FIELDS = ("frames", "actions", "rewards", "success", "hand")
 FIELDS = tuple(f"{name}.npy" for name in ARRAY_FIELDS) + ("meta.json",)
 
 
@@ -217,6 +218,7 @@ def decode_sample(sample: dict[str, Any], where: str) -> Clip:
         actions=arrays.get("actions"),
         rewards=arrays.get("rewards"),
         success=arrays.get("success"),
+        hand=arrays.get("hand"),
         meta=meta,
     )
 

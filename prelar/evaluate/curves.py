@@ -98,25 +98,29 @@ class Monitor:
                     "probe_fit_clips": len(self.probe_fit_clips),  # 0 unless evaluate.probe_fit: pretraining
                     "probe_episodes": len({probe.episode_key(c) for c in self.probe_clips}),
                     "probe_clip_split": split,
+                    "probe_target": ev.probe_target,
                 }
 
     def check_continues(self, path: str | Path) -> None:
         """Refuse (a ConfigError naming `path`) to continue curves whose probe fit and scored other numbers
-        of clips and episodes than this monitor's (`PROBE_DATA`): a run resumed with another
-        `evaluate.probe_fit`, `evaluate.probe_clips` or `loader.holdout_fraction` would mix two probes in one
-        curve. Counts only: a change that keeps them (`evaluate.seeds`, `probe_test_fraction`, the penalties)
-        goes unnoticed. Curves from before `probe_fit_clips` was recorded fit on held-out episodes (0)."""
+        of clips and episodes, or another target, than this monitor's (`PROBE_DATA`, `probe_target`): a run
+        resumed with another `evaluate.probe_fit`, `evaluate.probe_clips`, `evaluate.probe_target` or
+        `loader.holdout_fraction` would mix two probes in one curve. Counts and target only: a change that
+        keeps them (`evaluate.seeds`, `probe_test_fraction`, the penalties) goes unnoticed. Curves from before
+        `probe_fit_clips` and `probe_target` were recorded fit on held-out episodes (0), to the action."""
         path = Path(path)
         probed = [row for row in read(path) if row.get("probe_r2")] if path.exists() and self.baseline else []
         if not probed:
             return
         before = {k: int(float(probed[-1].get(k) or 0)) for k in PROBE_DATA}
-        now = {k: int(self.baseline[k]) for k in PROBE_DATA}
+        before["probe_target"] = probed[-1].get("probe_target") or "action"
+        now = {k: int(self.baseline[k]) for k in PROBE_DATA} | {"probe_target": self.baseline["probe_target"]}
         if before != now:
             ev = self.params.evaluate
             raise config.ConfigError(
                 f"{path}: its probe was measured on {before}, this run's would be on {now} "
                 f"(evaluate.probe_fit={ev.probe_fit}, evaluate.probe_clips={ev.probe_clips}, "
+                f"evaluate.probe_target={ev.probe_target}, "
                 f"loader.holdout_fraction={self.params.loader.holdout_fraction}): resume with the settings "
                 "it was trained with, or give it another --out"
             )

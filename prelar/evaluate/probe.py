@@ -14,6 +14,15 @@ one-step pixel differences (`pixel_difference_probe`, no model), and on the same
 trained *with* the true actions (`supervised_probe`: what two frames tell about the action when the encoder is
 told what to look for; not in the papers).
 
+What the probe reads out (`evaluate.probe_target`): the true action a_t (default, the papers' sense),
+or the end effector's motion between the two frames, hand_{t+1} − hand_t (`hand_motion`: xyz and gripper
+opening from the simulator's state, stored with Meta-world clips as `Clip.hand`; not in the papers). The
+expert's action is a command: the arm follows it with a lag, against objects and the workspace's bounds,
+and clipped actions saturate, so two frames show its motion, not all of the command. Every yardstick
+above reads the same target (the supervised encoder is trained on it). With the action as target, one more
+yardstick from the simulator: the same probe on the true hand motion (`hand_motion_probe`, no model), what
+the motion the frames can show tells about the command.
+
 One probe, one clip selection: pre-training's end-of-run evaluation and the `prelar evaluate probe` stage
 both call `probe_clips` and `latent_action_probe`, so the same model gets the same R² in both.
 """
@@ -34,6 +43,17 @@ from prelar.data.clip import Clip
 UNTRAINED = "untrained"  # the method name of the untrained encoder's rows
 PIXELS = "pixel_difference"  # the method name of the model-free yardstick's rows (`pixel_difference_probe`)
 SUPERVISED = "supervised_inverse_dynamics"  # the method name of the ceiling's rows (`supervised_probe`)
+HAND_MOTION = "true_hand_motion"  # the method name of the simulator's yardstick's rows (`hand_motion_probe`)
+
+
+def probe_target(clip: Clip, target: str) -> np.ndarray | None:
+    """What the probe reads out of clip's frame pairs, float32 [T-1, 4], or None when the clip lacks it:
+    `target` "action" the true actions a_t, "hand_motion" the end effector's motion hand_{t+1} − hand_t."""
+    if target == "action":
+        return None if clip.actions is None else clip.actions.astype(np.float32)
+    if target == "hand_motion":
+        return None if clip.hand is None else np.diff(clip.hand.astype(np.float32), axis=0)
+    raise ValueError(f"evaluate.probe_target: {target!r} is neither 'action' nor 'hand_motion'")
 
 
 def episode_key(clip: Clip) -> str:
@@ -220,14 +240,16 @@ def latent_action_probe(
     dev: torch.device,
     fit_clips: Sequence[Clip] = (),
 ) -> list[dict[str, Any]]:
-    """R² of the ridge probe latent action → true action on held-out episodes, for each model (method →
-    world model with latent actions) and for an untrained encoder of config `untrained` built on `dev`
-    (method `UNTRAINED`; None: none), per seed of `cfg.seeds` (the seed draws the episode split and the
-    untrained initialisation). Features are computed in `cfg.precision`. `fit_clips` (`probe_fit_clips`)
-    join every split's fit side (a clip of one of the probe's own episodes never does).
+    """R² of the ridge probe latent action → target (`cfg.probe_target`: the true action by default) on
+    held-out episodes, for each model (method → world model with latent actions) and for an untrained
+    encoder of config `untrained` built on `dev` (method `UNTRAINED`; None: none), per seed of `cfg.seeds`
+    (the seed draws the episode split and the untrained initialisation). Features are computed in
+    `cfg.precision`. `fit_clips` (`probe_fit_clips`) join every split's fit side (a clip of one of the
+    probe's own episodes never does).
 
     Clips without actions are ignored. Returns one row per (method, seed): method, seed, r2, r2_dim{i},
-    fit_episodes, test_episodes, test_frames. Raises ValueError when the clips hold fewer than 2 episodes.
+    fit_episodes, test_episodes, test_frames. Raises ValueError when the clips hold fewer than 2 episodes,
+    or when a clip with actions lacks the target (shards from before `Clip.hand` was stored).
     """
     clips, keys, actions, splits = _probe_data(clips, cfg, fit_clips)
     features = {m: latent_action_features(model, clips, cfg.precision) for m, model in models.items()}
@@ -259,30 +281,56 @@ def pixel_difference_probe(
 ) -> list[dict[str, Any]]:
     """The probe's yardstick from the data alone: the same ridge probe, clips, `fit_clips` and splits as
     `latent_action_probe`, on `pixel_difference_features` (method `PIXELS`), per seed of `cfg.seeds`. How much
-    of the action a linear read-out of the raw one-step motion recovers."""
-    clips, keys, actions, splits = _probe_data(clips, cfg, fit_clips)
-    feats = pixel_difference_features(clips)
-    return [_probe_row(PIXELS, seed, feats, actions, keys, split, cfg) for seed, split in splits.items()]
+    of the target a linear read-out of the raw one-step motion recovers."""
+    return _feature_probe(PIXELS, pixel_difference_features, clips, cfg, fit_clips)
+
+
+def hand_motion_probe(
+    clips: list[Clip], cfg: config.Evaluate, fit_clips: Sequence[Clip] = ()
+) -> list[dict[str, Any]]:
+    """The probe's yardstick from the simulator: the same ridge probe, clips, `fit_clips` and splits as
+    `latent_action_probe`, on the true motion of the end effector hand_{t+1} − hand_t (method `HAND_MOTION`),
+    per seed of `cfg.seeds`: how much of the action the motion two frames can show tells a linear read-out.
+    With `evaluate.probe_target` "action" only (on its own motion the read-out is exact); ValueError when a
+    clip lacks `hand`."""
+    if cfg.probe_target != "action":
+        raise ValueError(f"the true hand motion is a yardstick of the action, not of {cfg.probe_target!r}")
+    return _feature_probe(HAND_MOTION, _hand_motions, clips, cfg, fit_clips)
+
+
+def _hand_motions(clips: list[Clip]) -> list[np.ndarray]:
+    motions = [probe_target(c, "hand_motion") for c in clips]
+    missing = [c.meta.get("id") for c, m in zip(clips, motions, strict=True) if m is None]
+    if missing:
+        raise ValueError(f"{len(missing)} probe clip(s) have no hand states (e.g. {missing[0]}): {_REINGEST}")
+    return motions
+
+
+def _feature_probe(method, featurize, clips, cfg: config.Evaluate, fit_clips: Sequence[Clip]) -> list[dict]:
+    """Rows of the ridge probe on `featurize(clips)` (no model), per seed of `cfg.seeds`."""
+    clips, keys, targets, splits = _probe_data(clips, cfg, fit_clips)
+    feats = featurize(clips)
+    return [_probe_row(method, seed, feats, targets, keys, split, cfg) for seed, split in splits.items()]
 
 
 def fit_inverse_dynamics(
     clips: list[Clip], model_cfg: config.Model, updates: int, batch_size: int, lr: float, seed: int,
-    dev: torch.device,
+    dev: torch.device, target: str = "action",
 ) -> nn.Module:
-    """An inverse dynamics encoder of `model_cfg`'s sizes (PreLAR Eq. 3's network) regressed onto the true
-    action: the mean of its Gaussian → a_t by mean squared error, `updates` Adam steps on `batch_size` frame
-    pairs drawn uniformly from `clips` (those with actions), initialised and drawn with `seed`; in eval mode.
-    ValueError when no clip has actions."""
+    """An inverse dynamics encoder of `model_cfg`'s sizes (PreLAR Eq. 3's network) regressed onto the
+    probe's `target` (`probe_target`; the true action a_t by default): the mean of its Gaussian → target by
+    mean squared error, `updates` Adam steps on `batch_size` frame pairs drawn uniformly from `clips` (those
+    with the target), initialised and drawn with `seed`; in eval mode. ValueError when no clip has it."""
     from tqdm import tqdm
 
     from prelar.nets import InverseDynamics
     from prelar.world_model import preprocess
 
-    clips = [c for c in clips if c.actions is not None and len(c.frames) >= 2]
+    clips = [c for c in clips if probe_target(c, target) is not None and len(c.frames) >= 2]
     if not clips:
-        raise ValueError("the supervised inverse dynamics needs clips with actions (Meta-world shards)")
+        raise ValueError(f"the supervised inverse dynamics needs clips with the {target} (Meta-world shards)")
     frames = [torch.from_numpy(c.frames).permute(0, 3, 1, 2) for c in clips]  # [T,3,64,64] uint8
-    actions = [torch.from_numpy(c.actions.astype(np.float32)) for c in clips]  # [T-1, A]
+    actions = [torch.from_numpy(probe_target(c, target)) for c in clips]  # [T-1, A]
     pairs = np.array([(i, t) for i, a in enumerate(actions) for t in range(len(a))])
     rng = np.random.default_rng(seed)
     with torch.random.fork_rng(devices=[]):
@@ -321,35 +369,51 @@ def supervised_probe(
     train_clips: list[Clip], clips: list[Clip], cfg: config.Evaluate, model_cfg: config.Model, updates: int,
     batch_size: int, lr: float, dev: torch.device, fit_clips: Sequence[Clip] = (),
 ) -> list[dict[str, Any]]:
-    """The probe's ceiling: per seed of `cfg.seeds`, an inverse dynamics encoder fit to the true actions of
-    `train_clips` (`fit_inverse_dynamics`, the seed's initialisation and batches; clips of an episode among
-    `clips` are left out), then the same ridge probe, clips, `fit_clips` and splits as `latent_action_probe`
-    on its predictions (method `SUPERVISED`). A latent action learnt without labels from the same frames,
-    read out linearly, has no reason to beat it. (`fit_clips` drawn from `train_clips` fit the ridge on the
-    encoder's own training frames, where its predictions are better than on new ones: a read-out of 4
-    numbers that then shrinks them less than the test episodes would want, so the ceiling errs low.)"""
+    """The probe's ceiling: per seed of `cfg.seeds`, an inverse dynamics encoder fit to the probe's target
+    (`cfg.probe_target`) of `train_clips` (`fit_inverse_dynamics`, the seed's initialisation and batches;
+    clips of an episode among `clips` are left out), then the same ridge probe, clips, `fit_clips` and splits
+    as `latent_action_probe` on its predictions (method `SUPERVISED`). A latent action learnt without labels
+    from the same frames, read out linearly, has no reason to beat it. (`fit_clips` drawn from `train_clips`
+    fit the ridge on the encoder's own training frames, where its predictions are better than on new ones: a
+    read-out of 4 numbers that then shrinks them less than the test episodes would want, so the ceiling errs
+    low.)"""
     scored = {episode_key(c) for c in clips}
     clips, keys, actions, splits = _probe_data(clips, cfg, fit_clips)
     train_clips = [c for c in train_clips if episode_key(c) not in scored]  # never an episode it scores
     rows = []
     for seed, split in splits.items():
-        net = fit_inverse_dynamics(train_clips, model_cfg, updates, batch_size, lr, seed, dev)
+        net = fit_inverse_dynamics(
+            train_clips, model_cfg, updates, batch_size, lr, seed, dev, cfg.probe_target
+        )
         feats = inverse_dynamics_features(net, clips)
         rows.append(_probe_row(SUPERVISED, seed, feats, actions, keys, split, cfg))
     return rows
 
 
+_REINGEST = (
+    "shards written before the end effector's states were stored (hand.npy); ingest them again "
+    "(`prelar ingest metaworld`, the same frames) or set evaluate.probe_target=action"
+)
+
+
 def _probe_data(clips: list[Clip], cfg: config.Evaluate, fit_clips: Sequence[Clip] = ()):
     """The probe's clips (those with actions) followed by `fit_clips` (those with actions), their episode
-    keys, actions [T-1, 4] and, per seed of `cfg.seeds`, the (fit, test) episode split of the probe's clips,
-    the fit side joined by the episodes of `fit_clips` (never one of the probe's own)."""
+    keys, targets [T-1, 4] (`probe_target` of `cfg.probe_target`) and, per seed of `cfg.seeds`, the (fit,
+    test) episode split of the probe's clips, the fit side joined by the episodes of `fit_clips` (never one of
+    the probe's own). ValueError naming the fix when a clip with actions lacks the target."""
     clips = [c for c in clips if c.actions is not None]
     own = [episode_key(c) for c in clips]
     scored = set(own)
     extra = [c for c in fit_clips if c.actions is not None and episode_key(c) not in scored]
     clips = clips + extra
     keys = own + [episode_key(c) for c in extra]
-    actions = [c.actions.astype(np.float32) for c in clips]
+    actions = [probe_target(c, cfg.probe_target) for c in clips]
+    missing = [c.meta.get("id") for c, a in zip(clips, actions, strict=True) if a is None]
+    if missing:
+        raise ValueError(
+            f"evaluate.probe_target={cfg.probe_target}: {len(missing)} clip(s) lack it (e.g. {missing[0]}): "
+            f"{_REINGEST}"
+        )
     splits = {}
     for seed in cfg.seeds:
         fit, test = split_episodes(own, cfg.probe_test_fraction, seed)
