@@ -152,7 +152,7 @@ def test_supervised_ceiling_learns_the_action_that_an_untrained_encoder_does_not
     rows = probe.supervised_probe(train, held_out, cfg, TINY, updates=300, batch_size=16, lr=3e-3, dev=cpu)
     assert [(r["method"], r["seed"]) for r in rows] == [(probe.SUPERVISED, 0)]
     untrained = probe.latent_action_probe({}, held_out, cfg, TINY, cpu)[0]
-    assert rows[0]["r2"] > 0.3 and rows[0]["r2"] > untrained["r2"] + 0.3, (rows[0], untrained)
+    assert rows[0]["r2"] > 0.2 and rows[0]["r2"] > untrained["r2"] + 0.3, (rows[0], untrained)
     with pytest.raises(ValueError, match="clips with the action"):
         probe.fit_inverse_dynamics([c.__class__(frames=c.frames, actions=None, meta=c.meta) for c in train],
                                    TINY, updates=1, batch_size=2, lr=1e-3, seed=0, dev=cpu)
@@ -262,7 +262,7 @@ def test_supervised_ceiling_is_trained_on_the_probes_target():
         got = np.concatenate(probe.inverse_dynamics_features(net, clips))
         return float(np.mean((got - np.concatenate([probe.probe_target(c, target) for c in clips])) ** 2))
 
-    nets = {t: probe.fit_inverse_dynamics(clips, TINY, updates=300, batch_size=16, lr=3e-3, seed=0, dev=cpu,
+    nets = {t: probe.fit_inverse_dynamics(clips, TINY, updates=100, batch_size=16, lr=3e-3, seed=0, dev=cpu,
                                           target=t) for t in ("action", "hand_motion")}
     assert error(nets["hand_motion"], "hand_motion") < error(nets["action"], "hand_motion") / 3
     assert error(nets["action"], "action") < error(nets["hand_motion"], "action") / 3
@@ -270,3 +270,15 @@ def test_supervised_ceiling_is_trained_on_the_probes_target():
     with pytest.raises(ValueError, match="clips with the hand_motion"):
         probe.fit_inverse_dynamics(still, TINY, updates=1, batch_size=2, lr=1e-3, seed=0, dev=cpu,
                                    target="hand_motion")
+
+
+def test_the_ceiling_does_not_depend_on_the_targets_units():
+    """A hand moves centimetres a frame: the same fit on targets 100x smaller predicts them 100x smaller."""
+    clips = point_mass_clips(episodes=4, frames=10, cameras=1)
+    small = [c.__class__(frames=c.frames, actions=c.actions / 100, meta=c.meta) for c in clips]
+    cpu = torch.device("cpu")
+    fits = [probe.fit_inverse_dynamics(c, TINY, updates=20, batch_size=8, lr=3e-3, seed=0, dev=cpu)
+            for c in (clips, small)]
+    big, tiny = (np.concatenate(probe.inverse_dynamics_features(net, clips)) for net in fits)
+    assert big.std() > 0.05  # it learnt something of unit scale
+    np.testing.assert_allclose(tiny * 100, big, rtol=0.02, atol=1e-3)  # (rounding, amplified by the fit)

@@ -318,9 +318,13 @@ def fit_inverse_dynamics(
     dev: torch.device, target: str = "action",
 ) -> nn.Module:
     """An inverse dynamics encoder of `model_cfg`'s sizes (PreLAR Eq. 3's network) regressed onto the
-    probe's `target` (`probe_target`; the true action a_t by default): the mean of its Gaussian → target by
-    mean squared error, `updates` Adam steps on `batch_size` frame pairs drawn uniformly from `clips` (those
-    with the target), initialised and drawn with `seed`; in eval mode. ValueError when no clip has it."""
+    probe's `target` (`probe_target`; the true action a_t by default): the mean of its Gaussian → the target
+    standardised per dimension over `clips` by mean squared error, `updates` Adam steps on `batch_size` frame
+    pairs drawn uniformly from `clips` (those with the target), initialised and drawn with `seed`; in eval
+    mode. Standardised, so that the fit does not depend on the target's units: a hand moves centimetres a
+    frame, 50x less than an action's range, and Adam's steps would swamp it. The network keeps the
+    standardisation (`target_center`, `target_scale`) for `inverse_dynamics_features` to undo. ValueError when
+    no clip has the target."""
     from tqdm import tqdm
 
     from prelar.nets import InverseDynamics
@@ -330,22 +334,27 @@ def fit_inverse_dynamics(
     if not clips:
         raise ValueError(f"the supervised inverse dynamics needs clips with the {target} (Meta-world shards)")
     frames = [torch.from_numpy(c.frames).permute(0, 3, 1, 2) for c in clips]  # [T,3,64,64] uint8
-    actions = [torch.from_numpy(probe_target(c, target)) for c in clips]  # [T-1, A]
+    targets = [probe_target(c, target) for c in clips]  # [T-1, A]
+    every = np.concatenate(targets)
+    center, scale = every.mean(0), np.maximum(every.std(0), 1e-8)  # [A]
+    actions = [torch.from_numpy((y - center) / scale) for y in targets]  # standardised [T-1, A]
     pairs = np.array([(i, t) for i, a in enumerate(actions) for t in range(len(a))])
     rng = np.random.default_rng(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = InverseDynamics(model_cfg.cnn_width, model_cfg.hidden, actions[0].shape[1],
                               model_cfg.latent_action_min_std, norm=model_cfg.resnet_norm).to(dev)
+    net.register_buffer("target_center", torch.from_numpy(center).to(dev))
+    net.register_buffer("target_scale", torch.from_numpy(scale).to(dev))
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
     net.train()
     for _ in tqdm(range(updates), desc="supervised inverse dynamics", unit="update", mininterval=10):
         batch = pairs[rng.integers(len(pairs), size=batch_size)]
         obs = torch.stack([frames[i][t] for i, t in batch]).to(dev)
         next_obs = torch.stack([frames[i][t + 1] for i, t in batch]).to(dev)
-        target = torch.stack([actions[i][t] for i, t in batch]).to(dev)
+        goal = torch.stack([actions[i][t] for i, t in batch]).to(dev)
         mean, _ = net(preprocess(obs), preprocess(next_obs))
-        loss = nn.functional.mse_loss(mean, target)
+        loss = nn.functional.mse_loss(mean, goal)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -354,14 +363,16 @@ def fit_inverse_dynamics(
 
 @torch.no_grad()
 def inverse_dynamics_features(net: nn.Module, clips: list[Clip]) -> list[np.ndarray]:
-    """The action `fit_inverse_dynamics`' network predicts per clip: float32 [T-1, A] (from frames t, t+1)."""
+    """The target `fit_inverse_dynamics`' network predicts per clip, in the target's units: float32 [T-1, A]
+    (from frames t, t+1)."""
     from prelar.world_model import preprocess
 
     dev = next(net.parameters()).device
     out = []
     for clip in clips:
         images = preprocess(torch.from_numpy(clip.frames).permute(0, 3, 1, 2).to(dev))  # [T,3,64,64]
-        out.append(net(images[:-1], images[1:])[0].float().cpu().numpy())
+        standardised = net(images[:-1], images[1:])[0].float()  # [T-1, A]
+        out.append((standardised * net.target_scale + net.target_center).cpu().numpy())
     return out
 
 
