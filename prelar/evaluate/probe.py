@@ -251,7 +251,7 @@ def latent_action_probe(
     fit_episodes, test_episodes, test_frames. Raises ValueError when the clips hold fewer than 2 episodes,
     or when a clip with actions lacks the target (shards from before `Clip.hand` was stored).
     """
-    clips, keys, actions, splits = _probe_data(clips, cfg, fit_clips)
+    clips, keys, targets, splits = _probe_data(clips, cfg, fit_clips)
     features = {m: latent_action_features(model, clips, cfg.precision) for m, model in models.items()}
     rows = []
     for seed, split in splits.items():
@@ -260,7 +260,7 @@ def latent_action_probe(
             fresh = untrained_like(untrained, seed, dev)
             baseline[UNTRAINED] = latent_action_features(fresh, clips, cfg.precision)
         for method, feats in {**features, **baseline}.items():
-            rows.append(_probe_row(method, seed, feats, actions, keys, split, cfg))
+            rows.append(_probe_row(method, seed, feats, targets, keys, split, cfg))
     return rows
 
 
@@ -321,8 +321,8 @@ def fit_inverse_dynamics(
     probe's `target` (`probe_target`; the true action a_t by default): the mean of its Gaussian → the target
     standardised per dimension over `clips` by mean squared error, `updates` Adam steps on `batch_size` frame
     pairs drawn uniformly from `clips` (those with the target), initialised and drawn with `seed`; in eval
-    mode. Standardised, so that the fit does not depend on the target's units: a hand moves centimetres a
-    frame, 50x less than an action's range, and Adam's steps would swamp it. The network keeps the
+    mode. Standardised, so that the fit does not depend on the target's units: a hand's motion spreads ~1.5 cm
+    a frame, ~40x less than an action's components, and Adam's steps would swamp it. The network keeps the
     standardisation (`target_center`, `target_scale`) for `inverse_dynamics_features` to undo. ValueError when
     no clip has the target."""
     from tqdm import tqdm
@@ -337,12 +337,12 @@ def fit_inverse_dynamics(
     targets = [probe_target(c, target) for c in clips]  # [T-1, A]
     every = np.concatenate(targets)
     center, scale = every.mean(0), np.maximum(every.std(0), 1e-8)  # [A]
-    actions = [torch.from_numpy((y - center) / scale) for y in targets]  # standardised [T-1, A]
-    pairs = np.array([(i, t) for i, a in enumerate(actions) for t in range(len(a))])
+    goals = [torch.from_numpy((y - center) / scale) for y in targets]  # standardised [T-1, A]
+    pairs = np.array([(i, t) for i, g in enumerate(goals) for t in range(len(g))])
     rng = np.random.default_rng(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = InverseDynamics(model_cfg.cnn_width, model_cfg.hidden, actions[0].shape[1],
+        net = InverseDynamics(model_cfg.cnn_width, model_cfg.hidden, goals[0].shape[1],
                               model_cfg.latent_action_min_std, norm=model_cfg.resnet_norm).to(dev)
     net.register_buffer("target_center", torch.from_numpy(center).to(dev))
     net.register_buffer("target_scale", torch.from_numpy(scale).to(dev))
@@ -352,7 +352,7 @@ def fit_inverse_dynamics(
         batch = pairs[rng.integers(len(pairs), size=batch_size)]
         obs = torch.stack([frames[i][t] for i, t in batch]).to(dev)
         next_obs = torch.stack([frames[i][t + 1] for i, t in batch]).to(dev)
-        goal = torch.stack([actions[i][t] for i, t in batch]).to(dev)
+        goal = torch.stack([goals[i][t] for i, t in batch]).to(dev)
         mean, _ = net(preprocess(obs), preprocess(next_obs))
         loss = nn.functional.mse_loss(mean, goal)
         optimizer.zero_grad(set_to_none=True)
@@ -389,7 +389,7 @@ def supervised_probe(
     read-out of 4 numbers that then shrinks them less than the test episodes would want, so the ceiling errs
     low.)"""
     scored = {episode_key(c) for c in clips}
-    clips, keys, actions, splits = _probe_data(clips, cfg, fit_clips)
+    clips, keys, targets, splits = _probe_data(clips, cfg, fit_clips)
     train_clips = [c for c in train_clips if episode_key(c) not in scored]  # never an episode it scores
     rows = []
     for seed, split in splits.items():
@@ -397,13 +397,14 @@ def supervised_probe(
             train_clips, model_cfg, updates, batch_size, lr, seed, dev, cfg.probe_target
         )
         feats = inverse_dynamics_features(net, clips)
-        rows.append(_probe_row(SUPERVISED, seed, feats, actions, keys, split, cfg))
+        rows.append(_probe_row(SUPERVISED, seed, feats, targets, keys, split, cfg))
     return rows
 
 
 _REINGEST = (
     "shards written before the end effector's states were stored (hand.npy); ingest them again "
-    "(`prelar ingest metaworld`, the same frames) or set evaluate.probe_target=action"
+    "(`prelar ingest metaworld`, `--study` for the study's shards: the same frames) or set "
+    "evaluate.probe_target=action"
 )
 
 
@@ -418,8 +419,8 @@ def _probe_data(clips: list[Clip], cfg: config.Evaluate, fit_clips: Sequence[Cli
     extra = [c for c in fit_clips if c.actions is not None and episode_key(c) not in scored]
     clips = clips + extra
     keys = own + [episode_key(c) for c in extra]
-    actions = [probe_target(c, cfg.probe_target) for c in clips]
-    missing = [c.meta.get("id") for c, a in zip(clips, actions, strict=True) if a is None]
+    targets = [probe_target(c, cfg.probe_target) for c in clips]
+    missing = [c.meta.get("id") for c, y in zip(clips, targets, strict=True) if y is None]
     if missing:
         raise ValueError(
             f"evaluate.probe_target={cfg.probe_target}: {len(missing)} clip(s) lack it (e.g. {missing[0]}): "
@@ -429,16 +430,16 @@ def _probe_data(clips: list[Clip], cfg: config.Evaluate, fit_clips: Sequence[Cli
     for seed in cfg.seeds:
         fit, test = split_episodes(own, cfg.probe_test_fraction, seed)
         splits[seed] = (fit | set(keys[len(own):]), test)
-    return clips, keys, actions, splits
+    return clips, keys, targets, splits
 
 
-def _probe_row(method, seed, feats, actions, keys, split, cfg: config.Evaluate) -> dict[str, Any]:
+def _probe_row(method, seed, feats, targets, keys, split, cfg: config.Evaluate) -> dict[str, Any]:
     """One row of the probe: ridge fit on the `split`'s fit episodes, R² on its test episodes."""
     fit, test = split
     fit_idx = [i for i, k in enumerate(keys) if k in fit]
     test_idx = [i for i, k in enumerate(keys) if k in test]
     alpha = cfg.probe_alpha if cfg.probe_alpha is not None else cfg.probe_alphas
-    r2, per_dim = ridge_r2(feats, actions, fit_idx, test_idx, alpha, keys)
+    r2, per_dim = ridge_r2(feats, targets, fit_idx, test_idx, alpha, keys)
     return {
         "method": method,
         "seed": seed,
@@ -446,5 +447,5 @@ def _probe_row(method, seed, feats, actions, keys, split, cfg: config.Evaluate) 
         **{f"r2_dim{i}": v for i, v in enumerate(per_dim)},
         "fit_episodes": len(fit),
         "test_episodes": len(test),
-        "test_frames": int(sum(len(actions[i]) for i in test_idx)),
+        "test_frames": int(sum(len(targets[i]) for i in test_idx)),
     }
