@@ -435,8 +435,9 @@ def _curve_point(monitor, model, out: Path, step: int, frames: int, mlflow_run, 
     `curve/<name>` at this update (the first, before any update)."""
     from prelar.evaluate import curves
 
-    values = curves.numeric(measured if measured is not None else monitor.measure(model))
-    curves.append_row(out / curves.CSV, step, frames, values)
+    measured = measured if measured is not None else monitor.measure(model)
+    values = curves.numeric(measured)
+    curves.append_row(out / curves.CSV, step, frames, {**values, **curves.labels(measured)})
     mlflow_run.log_metrics({f"{names.CURVE_PREFIX}{k}": v for k, v in values.items()}, step=step)
 
 

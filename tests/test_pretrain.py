@@ -362,6 +362,17 @@ def test_learning_curves_measure_held_out_data_from_the_start_and_end_on_the_fin
     other = config.override(longer, {"pretrain.steps": 8, "evaluate.probe_target": "hand_motion"})
     with pytest.raises(config.ConfigError, match=r"'probe_target': 'action'.*probe_target=hand_motion"):
         pretrain.pretrain(other, shards, tmp_path)  # nor one of another target
+    assert {r["probe_target"] for r in curves.read(tmp_path / curves.CSV)} == {"action"}  # each point
+
+    # a curve of the hand's motion says so, resumes as such, and refuses the action
+    motion = tmp_path / "motion"
+    pretrain.pretrain(config.override(other, {"pretrain.steps": 2}), shards, motion)
+    pretrain.pretrain(config.override(other, {"pretrain.steps": 4}), shards, motion)
+    rows = curves.read(motion / curves.CSV)
+    assert [int(r["step"]) for r in rows] == [0, 2, 4]
+    assert {r["probe_target"] for r in rows} == {"hand_motion"}
+    with pytest.raises(config.ConfigError, match=r"'probe_target': 'hand_motion'.*probe_target=action"):
+        pretrain.pretrain(config.override(longer, {"pretrain.steps": 8}), shards, motion)
     assert checkpoint.load(tmp_path / "checkpoint.pt")["step"] == 6
     assert [int(r["step"]) for r in curves.read(tmp_path / curves.CSV)] == [0, 2, 4, 6]
 

@@ -171,7 +171,15 @@ def numeric(result: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in result.items() if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
-def append_row(path: str | Path, step: int, frames: int, values: dict[str, float]) -> None:
+LABELS = ("probe_target",)  # the text a curve point keeps beside its numbers (not an MLflow metric)
+
+
+def labels(result: dict[str, Any]) -> dict[str, str]:
+    """The `LABELS` of a measurement: what its numbers measured (e.g. which target the probe read)."""
+    return {k: str(result[k]) for k in LABELS if k in result}
+
+
+def append_row(path: str | Path, step: int, frames: int, values: dict[str, float | str]) -> None:
     """Add one point (update `step`, `frames` seen) to the curves CSV at `path` (header: every key so far);
     points at or after `step` (from an interrupted run, resumed from an earlier checkpoint) are replaced."""
     path = Path(path)
