@@ -35,6 +35,7 @@ from prelar.evaluate.probe import (
     HAND_MOTION,
     PIXELS,
     SUPERVISED,
+    TARGET_NAMES,
     hand_motion_probe,
     pixel_difference_probe,
     probe_clips,
@@ -666,7 +667,7 @@ def write_summary(
         + ": an untrained encoder "
         "(`probe_r2_untrained`); the same ridge probe on one-step pixel differences pooled to 16x16 "
         f"(no model): R² {yardsticks[PIXELS]:.3f}; on the same inverse dynamics encoder trained with the "
-        f"true {'hand motion' if probe_target == 'hand_motion' else 'actions'} of the pre-training clips "
+        f"{TARGET_NAMES[probe_target]} of the pre-training clips "
         "(the ceiling, not in the papers): "
         f"R² {yardsticks[SUPERVISED]:.3f}"
         + (

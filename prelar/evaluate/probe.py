@@ -30,6 +30,7 @@ both call `probe_clips` and `latent_action_probe`, so the same model gets the sa
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,6 +45,7 @@ UNTRAINED = "untrained"  # the method name of the untrained encoder's rows
 PIXELS = "pixel_difference"  # the method name of the model-free yardstick's rows (`pixel_difference_probe`)
 SUPERVISED = "supervised_inverse_dynamics"  # the method name of the ceiling's rows (`supervised_probe`)
 HAND_MOTION = "true_hand_motion"  # the method name of the simulator's yardstick's rows (`hand_motion_probe`)
+TARGET_NAMES = {"action": "true actions", "hand_motion": "true hand motion"}  # evaluate.probe_target in words
 
 
 def probe_target(clip: Clip, target: str) -> np.ndarray | None:
@@ -295,15 +297,8 @@ def hand_motion_probe(
     clip lacks `hand`."""
     if cfg.probe_target != "action":
         raise ValueError(f"the true hand motion is a yardstick of the action, not of {cfg.probe_target!r}")
-    return _feature_probe(HAND_MOTION, _hand_motions, clips, cfg, fit_clips)
-
-
-def _hand_motions(clips: list[Clip]) -> list[np.ndarray]:
-    motions = [probe_target(c, "hand_motion") for c in clips]
-    missing = [c.meta.get("id") for c, m in zip(clips, motions, strict=True) if m is None]
-    if missing:
-        raise ValueError(f"{len(missing)} probe clip(s) have no hand states (e.g. {missing[0]}): {_REINGEST}")
-    return motions
+    motions = functools.partial(_required, target="hand_motion", what="the true-hand-motion yardstick")
+    return _feature_probe(HAND_MOTION, motions, clips, cfg, fit_clips)
 
 
 def _feature_probe(method, featurize, clips, cfg: config.Evaluate, fit_clips: Sequence[Clip]) -> list[dict]:
@@ -408,6 +403,15 @@ _REINGEST = (
 )
 
 
+def _required(clips: list[Clip], target: str, what: str) -> list[np.ndarray]:
+    """`probe_target(c, target)` of every clip; ValueError naming `what` and the fix when one lacks it."""
+    values = [probe_target(c, target) for c in clips]
+    missing = [c.meta.get("id") for c, y in zip(clips, values, strict=True) if y is None]
+    if missing:
+        raise ValueError(f"{what}: {len(missing)} clip(s) lack it (e.g. {missing[0]}): {_REINGEST}")
+    return values
+
+
 def _probe_data(clips: list[Clip], cfg: config.Evaluate, fit_clips: Sequence[Clip] = ()):
     """The probe's clips (those with actions) followed by `fit_clips` (those with actions), their episode
     keys, targets [T-1, 4] (`probe_target` of `cfg.probe_target`) and, per seed of `cfg.seeds`, the (fit,
@@ -419,13 +423,7 @@ def _probe_data(clips: list[Clip], cfg: config.Evaluate, fit_clips: Sequence[Cli
     extra = [c for c in fit_clips if c.actions is not None and episode_key(c) not in scored]
     clips = clips + extra
     keys = own + [episode_key(c) for c in extra]
-    targets = [probe_target(c, cfg.probe_target) for c in clips]
-    missing = [c.meta.get("id") for c, y in zip(clips, targets, strict=True) if y is None]
-    if missing:
-        raise ValueError(
-            f"evaluate.probe_target={cfg.probe_target}: {len(missing)} clip(s) lack it (e.g. {missing[0]}): "
-            f"{_REINGEST}"
-        )
+    targets = _required(clips, cfg.probe_target, f"evaluate.probe_target={cfg.probe_target}")
     splits = {}
     for seed in cfg.seeds:
         fit, test = split_episodes(own, cfg.probe_test_fraction, seed)

@@ -39,7 +39,6 @@ from prelar import metrics as names
 STAGES = ("probe", "controllability", "transfer-data", "transfer")
 SCRATCH = registry.SCRATCH.name
 COPY_LAST = "copy last frame"  # transfer's model-free yardstick (plot and CSV only, not an MLflow method)
-TARGET_NAMES = {"action": "true action", "hand_motion": "hand motion"}  # evaluate.probe_target, in titles
 NO_LATENT_ACTIONS = "no latent actions (action-free, or given true actions)"  # why a checkpoint is skipped
 SEED_SCOPE = "evaluation only: one pre-training run per method, seeds vary the evaluation's randomness"
 
@@ -291,9 +290,8 @@ def probe_stage(params: config.Params, checkpoints, shards, out: str | Path, met
         "skipped": skipped,
         "seconds": round(time.perf_counter() - start, 2),
     }
-    fig = plots.points_per_method(
-        table, "r2", "R² (test episodes)", f"Latent-action probe: latent → {TARGET_NAMES[cfg.probe_target]}"
-    )
+    title = f"Latent-action probe: latent → {probe.TARGET_NAMES[cfg.probe_target]}"
+    fig = plots.points_per_method(table, "r2", "R² (test episodes)", title)
     write_outputs(out, metrics_path, metrics, table, "probe", {"probe_r2": fig})
     return metrics
 
