@@ -20,7 +20,8 @@ from prelar.data import metaworld
 warnings.filterwarnings("ignore", message="Constant\\(s\\) may be too high")  # the experts' gains
 params = config.load("params.yaml")
 for repeat in map(int, sys.argv[1:]):
-    cfg = params.data.metaworld.model_copy(update={"action_repeat": repeat, "episodes_per_task": 2, "max_steps": 50})
+    update = {"action_repeat": repeat, "episodes_per_task": 2, "max_steps": 50}
+    cfg = params.data.metaworld.model_copy(update=update)
     refs, _ = metaworld.list_clips(cfg)
     clips = [metaworld.load_clip(ref, cfg) for ref in refs]
     motion = np.concatenate([np.diff(c.hand, axis=0)[1:] for c in clips])  # hand_t+1 - hand_t, t >= 1
