@@ -53,6 +53,7 @@ from prelar.over_seeds import (
 )
 
 PROBE_TARGET = 0.5  # "informative": the probe explains half of the true action's variance
+PROBE_MARGIN = 0.3  # and by this much more than the untrained encoder's probe (the issue's second bar)
 REFERENCE = "prelar"  # the run every other run is compared with, seed by seed
 SCRATCH = "scratch"  # the offline transfer's run without pre-training: DreamerV2 from a fresh initialisation
 COMPARED = ("pred_mse_ratio", "delta_psnr", "probe_r2", "kl_action")  # final measurements compared
@@ -473,6 +474,9 @@ def summarize(points: pd.DataFrame) -> pd.DataFrame:
             )
         if "probe_r2" in frame and frame["probe_r2"].notna().any():  # (not for APV: no latent actions)
             row["probe_r2_0.5_at"], _ = _first(frame, frame["probe_r2"] >= PROBE_TARGET)
+            if "probe_r2_untrained" in frame:
+                margin = frame["probe_r2"] - frame["probe_r2_untrained"]
+                row["probe_margin_0.3_at"], _ = _first(frame, margin >= PROBE_MARGIN)
         for key in (
             "pred_mse",
             "pred_copy_last_frame_mse",
@@ -653,8 +657,9 @@ def write_summary(
         "Per run: mean over its seeds [95% Student-t interval over seeds; with 2 seeds, min and max]; for a "
         'first update, "k/n seeds" when only k of n seeds got there. `beats_copy_last_at`: the first update '
         "whose open-loop MSE over the horizon is below copying the last context frame; `probe_r2_0.5_at`: "
-        f'the first update whose probe R² reaches {PROBE_TARGET}; "never": not within the run. Final values '
-        "at the last update.\n\n"
+        f"the first update whose probe R² reaches {PROBE_TARGET}; `probe_margin_0.3_at`: the first update "
+        f"whose probe R² is {PROBE_MARGIN} or more above the untrained encoder's; \"never\": not within the "
+        "run. Final values at the last update.\n\n"
         "The probe's yardsticks, on the same clips and episode splits"
         + (
             " (the ridge fit also on the pre-training clips, `evaluate.probe_fit: pretraining`)"

@@ -21,13 +21,18 @@ def test_summary_finds_the_first_update_past_each_yardstick():
             "step": [0, 100, 200] * 2,
             "frames": [0, 1000, 2000] * 2,
             "pred_mse_ratio": [3.0, 0.9, 0.8, 3.0, 2.0, 1.5],
-            "probe_r2": [0.0, 0.2, 0.6, 0.0, 0.1, 0.1],
+            "probe_r2": [0.0, 0.4, 0.6, 0.0, 0.1, 0.1],
+            "probe_r2_untrained": [0.05] * 6,
         }
     )
     rows = study.summarize(points).set_index("run")
     assert rows.loc["a", "beats_copy_last_at"] == 100 and rows.loc["a", "beats_copy_last_frames"] == 1000
     assert rows.loc["a", "probe_r2_0.5_at"] == 200 and rows.loc["a", "probe_r2"] == 0.6
+    assert rows.loc["a", "probe_margin_0.3_at"] == 100  # 0.4 is 0.35 above the untrained encoder's 0.05
     assert np.isinf(rows.loc["b", "beats_copy_last_at"]) and np.isinf(rows.loc["b", "probe_r2_0.5_at"])
+    assert np.isinf(rows.loc["b", "probe_margin_0.3_at"])
+    lower = study.summarize(points.assign(probe_r2_untrained=-0.25)).set_index("run")  # 0.1: +0.35
+    assert lower.loc["b", "probe_margin_0.3_at"] == 100
     no_probe = study.summarize(points.assign(probe_r2=np.nan)).set_index("run")  # APV: no latent actions
     assert "probe_r2_0.5_at" not in no_probe or no_probe["probe_r2_0.5_at"].isna().all()
 
