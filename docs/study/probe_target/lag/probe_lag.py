@@ -45,30 +45,34 @@ def mlp_r2(feats, y, fit_idx, test_idx, seed):
     return r2_score(y_test, model.predict(x_test) * scale)
 
 
-rows = []
-for split in (0, 1, 2):  # the yardstick from the simulator: the true hand motion itself, no model
+def indices(split):
+    """(fit, test) clip indices of the probe's episode split `split` (the study's splits 0-2)."""
     fit, test = probe.split_episodes(keys, params.evaluate.probe_test_fraction, split)
-    fit_idx = [i for i, k in enumerate(keys) if k in fit]
-    test_idx = [i for i, k in enumerate(keys) if k in test]
+    return [i for i, k in enumerate(keys) if k in fit], [i for i, k in enumerate(keys) if k in test]
+
+
+def ridge_r2(x, y, split):
+    return probe.ridge_r2(x, y, *splits[split], params.evaluate.probe_alphas, keys)[0]
+
+
+splits = {split: indices(split) for split in (0, 1, 2)}
+rows = []
+for split in splits:  # the yardstick from the simulator: the true hand motion itself, no model
     for target in ("a_t", "a_t-1"):
-        r2, _ = probe.ridge_r2(targets["hand_motion"], targets[target], fit_idx, test_idx,
-                               params.evaluate.probe_alphas, keys)
+        r2 = ridge_r2(targets["hand_motion"], targets[target], split)
         rows.append(("true hand motion", "-", split, "hand motion", "ridge", target, r2))
 for run in map(Path, sys.argv[1:]):
     for seed_dir in sorted(run.glob("seed*")):
         [(_, _, model)] = stages.load_checkpoints([seed_dir], torch.device("cpu"))
         feats = probe.latent_action_features(model, clips, params.evaluate.precision)  # ã_t [T-1, A]
         both = [np.concatenate([f, np.concatenate([f[1:], f[-1:]])], 1) for f in feats]  # [ã_t, ã_t+1]
-        for split in (0, 1, 2):
-            fit, test = probe.split_episodes(keys, params.evaluate.probe_test_fraction, split)
-            fit_idx = [i for i, k in enumerate(keys) if k in fit]
-            test_idx = [i for i, k in enumerate(keys) if k in test]
+        for split in splits:
             for feature, x in (("latent action", feats), ("latent actions t, t+1", both)):
                 for target, y in targets.items():
-                    r2, _ = probe.ridge_r2(x, y, fit_idx, test_idx, params.evaluate.probe_alphas, keys)
+                    r2 = ridge_r2(x, y, split)
                     rows.append((run.name, seed_dir.name, split, feature, "ridge", target, r2))
             for target in ("a_t", "hand_motion"):
-                r2 = mlp_r2(feats, targets[target], fit_idx, test_idx, split)
+                r2 = mlp_r2(feats, targets[target], *splits[split], split)
                 rows.append((run.name, seed_dir.name, split, "latent action", "mlp", target, r2))
         print(run.name, seed_dir.name, flush=True)
 out = pd.DataFrame(rows, columns=["run", "seed", "split", "feature", "probe", "target", "r2"])
