@@ -5,6 +5,7 @@ read more than the ridge? Run from the repository root on the study's shards and
 
 Each argument is a study run's folder (seed0, seed1, seed2 inside). Writes probe_lag.csv beside this file:
 one row per run, training seed, episode split (0-2), feature and target; R² on the held-out test episodes.
+Rows of runs already in the file and not named here are kept (a run is named by its folder).
 """
 
 import sys
@@ -76,6 +77,11 @@ for run in map(Path, sys.argv[1:]):
                 rows.append((run.name, seed_dir.name, split, "latent action", "mlp", target, r2))
         print(run.name, seed_dir.name, flush=True)
 out = pd.DataFrame(rows, columns=["run", "seed", "split", "feature", "probe", "target", "r2"])
-out.to_csv(Path(__file__).with_name("probe_lag.csv"), index=False)
-mean = out.groupby(["run", "seed", "feature", "probe", "target"]).r2.mean()  # over the splits
+csv = Path(__file__).with_name("probe_lag.csv")
+if csv.exists():  # keep the rows of runs not measured again here
+    kept = pd.read_csv(csv, dtype=str, keep_default_na=False)  # verbatim
+    out = pd.concat([kept[~kept.run.isin(out.run)], out], ignore_index=True)
+    out = out.sort_values("run", key=lambda run: run != "true hand motion", kind="stable")  # yardstick first
+out.to_csv(csv, index=False)
+mean = out.astype({"r2": float}).groupby(["run", "seed", "feature", "probe", "target"]).r2.mean()  # splits
 print(mean.groupby(["run", "feature", "probe", "target"]).agg(["mean", "min", "max"]).round(3).to_string())
